@@ -1,5 +1,43 @@
 """Conflict-free replicated data types: pure, no I/O, no wall clock (time is injected)."""
 
+from topgun.crdt.hashing import (
+    PARTITION_COUNT,
+    fnv1a32,
+    js_number,
+    lww_item_hash,
+    or_entry_hash,
+    or_record_string,
+    partition_of,
+    stable_json,
+)
+from topgun.crdt.hlc import HLC, ClockDriftError, check_node_id, is_server_node_id
+from topgun.crdt.lww import LWWMap
+from topgun.crdt.merkle import MerkleTree
+from topgun.crdt.ormap import InvalidTagError, ORMap, ORMergeResult
+from topgun.crdt.pncounter import PNCounter
 from topgun.crdt.records import ZERO, LWWRecord, ORMapRecord, Timestamp
 
-__all__ = ["ZERO", "LWWRecord", "ORMapRecord", "Timestamp"]
+__all__ = [
+    "HLC",
+    "PARTITION_COUNT",
+    "ZERO",
+    "ClockDriftError",
+    "InvalidTagError",
+    "LWWMap",
+    "LWWRecord",
+    "MerkleTree",
+    "ORMap",
+    "ORMapRecord",
+    "ORMergeResult",
+    "PNCounter",
+    "Timestamp",
+    "check_node_id",
+    "fnv1a32",
+    "is_server_node_id",
+    "js_number",
+    "lww_item_hash",
+    "or_entry_hash",
+    "or_record_string",
+    "partition_of",
+    "stable_json",
+]
