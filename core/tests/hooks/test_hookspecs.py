@@ -125,43 +125,48 @@ def test_every_hookspec_is_called_by_a_test() -> None:
     assert not untested, f"hookspecs no test calls: {', '.join(untested)}"
 
 
-def documented_signature(name: str, spec: Callable[..., Any]) -> str:
-    """`def name(arg: annotation, ...) -> annotation:` exactly as docs/plugins.md shows it.
+def expected_signature(name: str, spec: Callable[..., Any]) -> str:
+    """`def name(arg: annotation, ...) -> annotation`, from the hookspec.
 
     hookspecs.py uses `from __future__ import annotations`, so `inspect.signature` gives
-    each annotation as the source text.
+    each annotation as its source text (normalised as `ast.unparse` writes it).
     """
     signature = inspect.signature(spec)
     arguments = ", ".join(f"{p.name}: {p.annotation}" for p in signature.parameters.values())
-    return f"def {name}({arguments}) -> {signature.return_annotation}:"
+    return f"def {name}({arguments}) -> {signature.return_annotation}"
 
 
 def documented_hooks(text: str) -> dict[str, tuple[str, str | None]]:
-    """name -> (first line, docstring) of every ```py block of the page that holds a `def`."""
+    """name -> (signature, docstring) of every ```py block of the page holding a `def`.
+
+    The signature is rebuilt from the block's syntax tree, so line wrapping (ruff formats
+    code blocks in docs too) does not matter, but every name, annotation, default and
+    argument kind does.
+    """
     found = {}
     for block in re.findall(r"^```py\n(def .*?)^```", text, re.S | re.M):
         function = ast.parse(block).body[0]
         assert isinstance(function, ast.FunctionDef), block
-        found[function.name] = (block.splitlines()[0], ast.get_docstring(function))
+        returns = ast.unparse(function.returns) if function.returns else "<none>"
+        signature = f"def {function.name}({ast.unparse(function.args)}) -> {returns}"
+        found[function.name] = (signature, ast.get_docstring(function))
     return found
 
 
 def test_every_hookspec_is_documented_with_its_exact_signature_and_docstring() -> None:
-    """Rule: docs/plugins.md holds, for every hook, a ```py block whose first line is
-    `def <name>(<arg>: <annotation>, ...) -> <annotation>:` as hookspecs.py spells it and
-    whose docstring equals the hookspec's (indentation aside); and no block for a hook
-    that does not exist."""
+    """Rule: docs/plugins.md holds, for every hook, a ```py block defining the hook with
+    the same arguments and annotations as hookspecs.py (wrapping aside) and the same
+    docstring (indentation aside); and no such block for a hook that does not exist."""
     documented = documented_hooks(PLUGINS_DOC.read_text())
     problems = []
     for name, spec in all_hookspecs().items():
+        expected = expected_signature(name, spec)
         if name not in documented:
-            problems.append(f"{name}: not documented; add\n{documented_signature(name, spec)}")
+            problems.append(f"{name}: not documented; add\n{expected}:")
             continue
-        line, doc = documented[name]
-        if line != documented_signature(name, spec):
-            problems.append(
-                f"{name}: signature is\n{line}\nexpected\n{documented_signature(name, spec)}"
-            )
+        signature, doc = documented[name]
+        if signature != expected:
+            problems.append(f"{name}: signature is\n{signature}\nexpected\n{expected}")
         if doc != inspect.getdoc(spec):
             problems.append(f"{name}: docstring differs from hookspecs.py")
     problems += [
@@ -172,8 +177,15 @@ def test_every_hookspec_is_documented_with_its_exact_signature_and_docstring() -
 
 
 def test_documented_hooks_parser_reads_the_format() -> None:
-    page = 'Text.\n\n```py\ndef on_x(a: int) -> None:\n    """Doc\n    more."""\n```\n'
-    assert documented_hooks(page) == {"on_x": ("def on_x(a: int) -> None:", "Doc\nmore.")}
+    page = (
+        "Text.\n\n```py\ndef on_x(\n    a: int, b: dict[str,  int]\n) -> None:\n"
+        '    """Doc\n    more."""\n```\n'
+        "```py\ndef f(a: int = 1, *, b) -> int:\n    ...\n```\n"
+    )
+    assert documented_hooks(page) == {
+        "on_x": ("def on_x(a: int, b: dict[str, int]) -> None", "Doc\nmore."),
+        "f": ("def f(a: int=1, *, b) -> int", None),
+    }
 
 
 @pytest.mark.parametrize("name", sorted(all_hookspecs()))
