@@ -228,5 +228,8 @@ def or_entry_hash(key: str, record_strings: Mapping[str, str]) -> int:
     """
     if not record_strings:
         return 0
-    parts = [record_strings[tag] for tag in sorted_utf16(record_strings)]
-    return fnv1a32(f"key:{key}|" + "|".join(parts))
+    if len(record_strings) == 1:
+        (joined,) = record_strings.values()
+    else:
+        joined = "|".join([record_strings[tag] for tag in sorted_utf16(record_strings)])
+    return fnv1a32(f"key:{key}|{joined}")

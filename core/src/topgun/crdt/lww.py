@@ -104,8 +104,11 @@ class LWWMap:
         The HLC absorbs the record's timestamp first, applied or not (PROTOCOL.md §2.1),
         so a strict-mode ClockDriftError leaves the map unchanged.
         """
-        _check_record(key, record)
-        self._hlc.update(record.timestamp)
+        if type(key) is not str or not isinstance(record, LWWRecord):
+            _check_record(key, record)  # raises the precise TypeError
+        if record.ttl_ms is not None:
+            check_ttl(record.ttl_ms)
+        self._hlc.update(record.timestamp)  # validates the timestamp before any change
         current = self._records.get(key)
         if current is not None and not record.timestamp > current.timestamp:
             return False

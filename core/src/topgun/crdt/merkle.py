@@ -67,7 +67,8 @@ class MerkleTree:
         """`touch` every key in `keys`."""
         self._pending.update(keys)
 
-    def _flush(self) -> None:
+    def refresh(self) -> None:
+        """Re-hash the touched keys now (reads do this themselves; call it to choose when)."""
         pending = self._pending
         if not pending:
             return
@@ -109,19 +110,19 @@ class MerkleTree:
     @property
     def root_hash(self) -> int:
         """Sum of all item hashes mod 2³² (0 for an empty map)."""
-        self._flush()
+        self.refresh()
         return self._nodes[""]
 
     def node_hash(self, path: str) -> int:
         """Hash of the node at `path` (0 if there is no such node)."""
         check_path(path)
-        self._flush()
+        self.refresh()
         return self._nodes.get(path, 0)
 
     def buckets(self, path: str) -> dict[str, int]:
         """`{hex digit: hash}` of the existing children of the node at `path` (`{}` if none)."""
         check_path(path)
-        self._flush()
+        self.refresh()
         if len(path) == DEPTH:
             return {}
         nodes = self._nodes
@@ -130,12 +131,12 @@ class MerkleTree:
     def keys_at(self, path: str) -> list[str]:
         """The keys in the leaf at `path`, sorted (`[]` for an inner node or a missing leaf)."""
         check_path(path)
-        self._flush()
+        self.refresh()
         return sorted(self._leaves.get(path, ()))
 
     def __len__(self) -> int:
         """Number of keys in the trie."""
-        self._flush()
+        self.refresh()
         return len(self._key_hashes)
 
     def diff(self, other: MerkleTree) -> list[str]:
@@ -144,8 +145,8 @@ class MerkleTree:
         This is the walk a syncing client does with `buckets` (PROTOCOL.md §6.3): descend
         only into children whose hashes differ, a missing child counting as hash 0.
         """
-        self._flush()
-        other._flush()
+        self.refresh()
+        other.refresh()
         mine, theirs = self._nodes, other._nodes
         differing: list[str] = []
         stack = [""]
