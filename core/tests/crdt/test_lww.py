@@ -140,6 +140,8 @@ def test_merge_many_validates_everything_before_applying(clock: Any) -> None:
     assert m.records() == []
     with pytest.raises(ValueError, match="counter"):
         m.merge_many(iter([("a", rec("v", T0)), ("b", rec("v", T0, 2**53))]))
+    with pytest.raises(ValueError, match="node id"):
+        m.merge_many([("a", rec("v", T0, node=7))])  # type: ignore[arg-type]
     assert m.records() == []
 
 

@@ -82,11 +82,15 @@ def test_a_record_whose_tag_is_not_its_timestamp_is_rejected(clock: Any) -> None
     assert m.records("k") == []
 
 
-@pytest.mark.parametrize("tag", ["nope", "1:2", "NaN:1:A-node", "1:2:a:b", "-1:0:n"])
+@pytest.mark.parametrize(
+    "tag", ["nope", "1:2", "NaN:1:A-node", "1:2:a:b", "-1:0:n", "05:1:n", "5:\u0661:n"]
+)
 def test_malformed_tombstone_tags_are_rejected(clock: Any, tag: str) -> None:
     m = new_map(clock)
     with pytest.raises(InvalidTagError, match="not an HLC string"):
         m.apply_tombstone(tag)
+    with pytest.raises(InvalidTagError, match="not an HLC string"):
+        m.merge_entry("k", [], [tag])
     with pytest.raises(InvalidTagError):
         m.merge_entry("k", [orec("v", T0)], [tag])
     assert m.records("k") == []

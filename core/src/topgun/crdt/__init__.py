@@ -10,10 +10,16 @@ from topgun.crdt.hashing import (
     partition_of,
     stable_json,
 )
-from topgun.crdt.hlc import HLC, ClockDriftError, check_node_id, is_server_node_id
-from topgun.crdt.lww import LWWMap
+from topgun.crdt.hlc import (
+    HLC,
+    ClockDriftError,
+    check_node_id,
+    is_server_node_id,
+    validate_timestamp,
+)
+from topgun.crdt.lww import LWWListener, LWWMap, check_ttl
 from topgun.crdt.merkle import MerkleTree
-from topgun.crdt.ormap import InvalidTagError, ORMap, ORMergeResult
+from topgun.crdt.ormap import InvalidTagError, ORMap, ORMapListener, ORMergeResult
 from topgun.crdt.pncounter import PNCounter
 from topgun.crdt.records import ZERO, LWWRecord, ORMapRecord, Timestamp
 
@@ -23,15 +29,18 @@ __all__ = [
     "ZERO",
     "ClockDriftError",
     "InvalidTagError",
+    "LWWListener",
     "LWWMap",
     "LWWRecord",
     "MerkleTree",
     "ORMap",
+    "ORMapListener",
     "ORMapRecord",
     "ORMergeResult",
     "PNCounter",
     "Timestamp",
     "check_node_id",
+    "check_ttl",
     "fnv1a32",
     "is_server_node_id",
     "js_number",
@@ -40,4 +49,5 @@ __all__ = [
     "or_record_string",
     "partition_of",
     "stable_json",
+    "validate_timestamp",
 ]

@@ -134,6 +134,7 @@ class LWWMap:
                 and type(ts.counter) is int
                 and 0 <= ts.millis <= MAX_SAFE_INTEGER
                 and 0 <= ts.counter <= MAX_SAFE_INTEGER
+                and type(ts.node_id) is str
                 and ":" not in ts.node_id
             ):
                 validate_timestamp(ts)  # raises the precise error

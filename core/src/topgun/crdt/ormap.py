@@ -36,8 +36,8 @@ class ORMergeResult:
     tombstoned: list[str] = field(default_factory=list)
     """Tags newly tombstoned (one `OR_REMOVE` event each when they removed a live record)."""
     stale: list[ORMapRecord] = field(default_factory=list)
-    """Offered records whose tags were already tombstoned here: the sender holds stale
-    state and should be sent this key's records and tombstones (PROTOCOL.md §6.4)."""
+    """Offered records whose tags were tombstoned here before this merge: the sender holds
+    stale state and should be sent this key's records and tombstones (PROTOCOL.md §6.4)."""
 
 
 class _Entry:
@@ -86,9 +86,12 @@ def _parse_tag(tag: object) -> Timestamp:
     if not isinstance(tag, str):
         raise TypeError(f"tag must be a str, got {type(tag).__name__}")
     try:
-        return validate_timestamp(Timestamp.parse(tag))
+        timestamp = validate_timestamp(Timestamp.parse(tag))
     except ValueError as exc:
         raise InvalidTagError(f"tag {tag!r} is not an HLC string: {exc}") from None
+    if str(timestamp) != tag:  # e.g. leading zeros or non-ASCII digits
+        raise InvalidTagError(f"tag {tag!r} is not an HLC string in canonical form")
+    return timestamp
 
 
 class ORMap:
