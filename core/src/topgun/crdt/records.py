@@ -28,7 +28,9 @@ class Timestamp(msgspec.Struct, frozen=True, order=True, rename="camel"):
         if len(parts) != 3:
             raise ValueError(f"timestamp {text!r} must have exactly 3 ':'-separated parts")
         millis, counter, node_id = parts
-        if not (millis.isdecimal() and counter.isdecimal() and millis.isascii()):
+        if not (
+            millis.isascii() and counter.isascii() and millis.isdecimal() and counter.isdecimal()
+        ):
             raise ValueError(f"timestamp {text!r} must have decimal millis and counter")
         return cls(int(millis), int(counter), node_id)
 
