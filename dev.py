@@ -4,7 +4,8 @@
     python3 dev.py serve [ARGS...]   start `topgun serve` on the embedded default (SQLite)
     python3 dev.py test [PYTEST ARGS...]   lint, type-check, build the docs, run the tests
     python3 dev.py setup             only (re)create .venv and install the workspace
-    python3 dev.py run CMD [ARGS...] run a command inside .venv (e.g. `run python bench/lww_merge.py`)
+    python3 dev.py run CMD [ARGS...] run a command inside .venv
+                                     (e.g. `run python bench/lww_merge.py`)
 
 Needs only Python >= 3.11 and pip. Set-up creates `.venv` beside this file and installs
 every workspace member (the folders matched by `[tool.topgun.workspace] members` in

@@ -37,7 +37,8 @@ def test_order_is_millis_then_counter_then_node_id() -> None:
         Timestamp(1, 1, "b"),
         Timestamp(2, 0, "a"),
     ]
-    assert sorted(reversed(ordered)) == ordered
+    shuffled = [ordered[2], ordered[0], ordered[3], ordered[1]]
+    assert sorted(shuffled) == ordered
 
 
 def test_tombstone_and_ttl_expiry() -> None:
