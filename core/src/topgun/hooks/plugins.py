@@ -45,7 +45,12 @@ from topgun.hooks.errors import PluginLoadError, PluginWarning
 ENTRY_POINT_GROUP = "topgun"
 """The entry-point group plugins declare themselves in."""
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("topgun.cli",)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "topgun.cli",
+    "topgun.server.security",
+    "topgun.storage.memory",
+    "topgun.storage.sqlite",
+)
 """Modules inside topgun registered as built-in plugins, under their module name."""
 
 BUILTIN = "built-in"

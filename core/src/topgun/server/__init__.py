@@ -1,0 +1,82 @@
+"""The topgun server: configuration, authentication and authorization so far.
+
+Sessions, handlers and the ASGI app build on these modules.
+"""
+
+from topgun.server.auth import (
+    AuthError,
+    JWTVerifier,
+    KeyConfigError,
+    TokenPrincipal,
+    wall_clock_ms,
+)
+from topgun.server.config import (
+    CLI_FLAGS,
+    AuthConfig,
+    CliFlag,
+    CoalescingConfig,
+    ConfigError,
+    ConfigWarning,
+    ConnectionLimits,
+    HLCConfig,
+    Secret,
+    ServerConfig,
+    StorageConfig,
+    TLSConfig,
+    config_options,
+    config_sections,
+    environment_variables,
+    load_config,
+    read_config,
+    validate_config,
+)
+from topgun.server.permissions import (
+    ADMIN_ROLE,
+    ALL_FIELDS,
+    NO_ACCESS,
+    SYSTEM_PREFIX,
+    WITHHELD,
+    Action,
+    FieldFilter,
+    Policy,
+    PolicySet,
+    Withheld,
+)
+from topgun.server.security import Security
+
+__all__ = [
+    "ADMIN_ROLE",
+    "ALL_FIELDS",
+    "CLI_FLAGS",
+    "NO_ACCESS",
+    "SYSTEM_PREFIX",
+    "WITHHELD",
+    "Action",
+    "AuthConfig",
+    "AuthError",
+    "CliFlag",
+    "CoalescingConfig",
+    "ConfigError",
+    "ConfigWarning",
+    "ConnectionLimits",
+    "FieldFilter",
+    "HLCConfig",
+    "JWTVerifier",
+    "KeyConfigError",
+    "Policy",
+    "PolicySet",
+    "Secret",
+    "Security",
+    "ServerConfig",
+    "StorageConfig",
+    "TLSConfig",
+    "TokenPrincipal",
+    "Withheld",
+    "config_options",
+    "config_sections",
+    "environment_variables",
+    "load_config",
+    "read_config",
+    "validate_config",
+    "wall_clock_ms",
+]
