@@ -1,0 +1,324 @@
+"""The storage contract: what a backend does, and the changes and snapshots it handles.
+
+A backend keeps maps of two kinds. An LWW map holds one `LWWRecord` per key. An OR-Map
+holds `ORMapRecord`s per (key, tag) plus the tags it has tombstoned (a tombstoned tag is
+never stored again). A small meta area holds bytes by (namespace, key) for the server's
+other durable state: lock fencing tokens, counters, the journal, ingest sequences.
+
+Every write is a batch of `Change`s applied in one transaction, all or nothing, in order.
+Changes are idempotent and monotone: a record older than (or as old as) the stored one is
+not stored, a tombstoned tag is not re-added, and a prune only removes what it names. So
+replaying a batch, or applying batches that a wrapper reordered or coalesced, leaves the
+same state, which is what write-behind and multi-node backends need.
+
+Backends are async; one that does blocking I/O runs it off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
+
+import msgspec
+
+from topgun.crdt import LWWRecord, ORMapRecord, Timestamp, check_ttl, validate_timestamp
+from topgun.storage.codecs import CodecContext, CodecPipeline
+from topgun.storage.errors import InvalidChangeError, MapKindError, StorageConfigError
+
+MapKind = Literal["lww", "ormap"]
+"""The two kinds of map: last-writer-wins, and observed-remove."""
+
+T = TypeVar("T")
+
+
+class MapInfo(msgspec.Struct, frozen=True):
+    """A stored map: its name and kind."""
+
+    name: str
+    kind: MapKind
+
+
+# --- changes ---------------------------------------------------------------------------
+
+
+class PutRecord(msgspec.Struct, frozen=True, tag="put_record"):
+    """Store `record` as the record of `key` in LWW map `map_name`, unless the stored
+    record's timestamp is equal or newer. Tombstones (`value is None`) are records too."""
+
+    map_name: str
+    key: str
+    record: LWWRecord
+
+
+class PruneRecord(msgspec.Struct, frozen=True, tag="prune_record"):
+    """GC: forget the record of `key` in LWW map `map_name` if it is a tombstone with a
+    timestamp before `older_than` (a newer write is kept)."""
+
+    map_name: str
+    key: str
+    older_than: Timestamp
+
+
+class AddORRecord(msgspec.Struct, frozen=True, tag="add_or_record"):
+    """Store `record` under (`key`, `record.tag`) in OR-Map `map_name`, unless that tag is
+    tombstoned there or already stored."""
+
+    map_name: str
+    key: str
+    record: ORMapRecord
+
+
+class RemoveORTag(msgspec.Struct, frozen=True, tag="remove_or_tag"):
+    """Tombstone `tag` in OR-Map `map_name`: forget the record(s) holding it and remember
+    the tag so it is never stored again. `key` is the key that held it, when the caller
+    knows; otherwise the key of the stored record it removes (or none)."""
+
+    map_name: str
+    tag: str
+    key: str | None = None
+
+
+class PruneORTag(msgspec.Struct, frozen=True, tag="prune_or_tag"):
+    """GC: forget the tombstone of `tag` in OR-Map `map_name`."""
+
+    map_name: str
+    tag: str
+
+
+class DeleteKey(msgspec.Struct, frozen=True, tag="delete_key"):
+    """Forget everything stored for `key` in map `map_name`, of either kind: its LWW
+    record, or its OR records and the tombstones recorded for it."""
+
+    map_name: str
+    key: str
+
+
+class PutMeta(msgspec.Struct, frozen=True, tag="put_meta"):
+    """Store `value` under (`namespace`, `key`) in the meta area; `None` deletes it."""
+
+    namespace: str
+    key: str
+    value: bytes | None
+
+
+Change = PutRecord | PruneRecord | AddORRecord | RemoveORTag | PruneORTag | DeleteKey | PutMeta
+"""One change of a batch (a tagged union, so changes can be serialized as they are)."""
+
+LWW_CHANGES = (PutRecord, PruneRecord)
+"""Change types that apply to LWW maps only."""
+OR_CHANGES = (AddORRecord, RemoveORTag, PruneORTag)
+"""Change types that apply to OR-Maps only."""
+CREATING_CHANGES = (PutRecord, AddORRecord, RemoveORTag)
+"""Change types that create their map when it is not stored yet (the others are no-ops)."""
+
+
+def _fail(index: int, change: object, problem: str) -> InvalidChangeError:
+    return InvalidChangeError(f"change #{index} ({type(change).__name__}): {problem}")
+
+
+def _check_str(index: int, change: object, name: str, value: object) -> None:
+    if type(value) is not str:
+        raise _fail(index, change, f"{name} must be a str, got {type(value).__name__}")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise _fail(index, change, f"{name} {value!r} is not valid Unicode text") from None
+
+
+def _check_timestamp(index: int, change: object, name: str, ts: object) -> None:
+    if not isinstance(ts, Timestamp):
+        raise _fail(index, change, f"{name} must be a Timestamp, got {type(ts).__name__}")
+    try:
+        validate_timestamp(ts)
+    except ValueError as exc:
+        raise _fail(index, change, f"{name}: {exc}") from None
+    _check_str(index, change, f"{name} node id", ts.node_id)
+
+
+def check_batch(changes: object) -> None:
+    """Raise `InvalidChangeError` naming the first malformed change of `changes`.
+
+    msgspec Structs do not check types when built in Python, so storage checks them at
+    its door: names, keys and tags are `str`, records are the record types with valid
+    timestamps and TTLs, OR tags equal their timestamp's string form, meta values bytes.
+    """
+    if isinstance(changes, str | bytes) or not isinstance(changes, Sequence):
+        raise InvalidChangeError(f"a batch is a sequence of changes, got {type(changes).__name__}")
+    for index, change in enumerate(changes):
+        if isinstance(change, PutMeta):
+            _check_str(index, change, "namespace", change.namespace)
+            _check_str(index, change, "key", change.key)
+            if change.value is not None and type(change.value) is not bytes:
+                raise _fail(index, change, f"value must be bytes or None, not {change.value!r}")
+            continue
+        if not isinstance(change, LWW_CHANGES + OR_CHANGES + (DeleteKey,)):
+            raise _fail(index, change, "not a storage change")
+        _check_str(index, change, "map_name", change.map_name)
+        if isinstance(change, PutRecord | AddORRecord):
+            _check_str(index, change, "key", change.key)
+            expected = LWWRecord if isinstance(change, PutRecord) else ORMapRecord
+            record = change.record
+            if not isinstance(record, expected):
+                raise _fail(index, change, f"record must be an {expected.__name__}")
+            _check_timestamp(index, change, "record timestamp", record.timestamp)
+            try:
+                check_ttl(record.ttl_ms)
+            except ValueError as exc:
+                raise _fail(index, change, f"record {exc}") from None
+            if isinstance(record, ORMapRecord):
+                _check_str(index, change, "record tag", record.tag)
+                if record.tag != str(record.timestamp):
+                    raise _fail(
+                        index, change, f"tag {record.tag!r} is not its timestamp {record.timestamp}"
+                    )
+        elif isinstance(change, PruneRecord):
+            _check_str(index, change, "key", change.key)
+            _check_timestamp(index, change, "older_than", change.older_than)
+        elif isinstance(change, RemoveORTag | PruneORTag):
+            _check_str(index, change, "tag", change.tag)
+            if isinstance(change, RemoveORTag) and change.key is not None:
+                _check_str(index, change, "key", change.key)
+        else:
+            _check_str(index, change, "key", change.key)
+
+
+_KIND_NAMES: dict[MapKind, str] = {"lww": "an LWW map", "ormap": "an OR-Map"}
+
+
+def kind_mismatch(map_name: str, stored: MapKind, change: Change) -> MapKindError:
+    """The error for `change` naming map `map_name`, which is stored as the other kind."""
+    return MapKindError(
+        f"map {map_name!r} is stored as {_KIND_NAMES[stored]}, "
+        f"but {type(change).__name__} applies to the other kind"
+    )
+
+
+def kind_of(change: Change) -> MapKind | None:
+    """The kind of map `change` applies to; `None` for either kind (or the meta area)."""
+    if isinstance(change, LWW_CHANGES):
+        return "lww"
+    if isinstance(change, OR_CHANGES):
+        return "ormap"
+    return None
+
+
+# --- snapshots -------------------------------------------------------------------------
+
+
+class LWWSnapshot(msgspec.Struct, frozen=True):
+    """The stored state of an LWW map (or of some of its keys)."""
+
+    name: str
+    records: dict[str, LWWRecord]
+    """Key -> record, tombstones included."""
+
+    kind: ClassVar[Literal["lww"]] = "lww"
+
+
+class ORSnapshot(msgspec.Struct, frozen=True):
+    """The stored state of an OR-Map (or of some of its keys)."""
+
+    name: str
+    records: dict[str, list[ORMapRecord]]
+    """Key -> its records, in tag order."""
+    tombstones: dict[str, str | None]
+    """Tombstoned tag -> the key that held it (`None` when unknown)."""
+
+    kind: ClassVar[Literal["ormap"]] = "ormap"
+
+
+MapSnapshot = LWWSnapshot | ORSnapshot
+"""What `load_map` and `load_keys` return."""
+
+
+# --- backends --------------------------------------------------------------------------
+
+
+@runtime_checkable
+class StorageBackend(Protocol):
+    """A storage backend. Methods other than `initialize` raise `StorageClosedError` before
+    `initialize()` and after `close()`."""
+
+    async def initialize(self) -> None:
+        """Open (creating if needed) and migrate the storage; a second call does nothing."""
+        ...
+
+    async def list_maps(self) -> list[MapInfo]:
+        """Every stored map, sorted by name."""
+        ...
+
+    async def load_map(self, name: str) -> MapSnapshot | None:
+        """The whole stored state of map `name`; `None` if it is not stored."""
+        ...
+
+    async def load_keys(self, name: str, keys: Iterable[str]) -> MapSnapshot | None:
+        """The stored state of `keys` of map `name` (absent keys are left out; for an
+        OR-Map, the tombstones recorded for those keys); `None` if the map is not stored."""
+        ...
+
+    async def load_meta(self, namespace: str) -> dict[str, bytes]:
+        """Every (key -> value) of the meta area's `namespace`."""
+        ...
+
+    async def store_batch(self, changes: Sequence[Change]) -> None:
+        """Apply `changes` in order, in one transaction: when this returns, all of them are
+        durable (as the backend documents); when it raises, none was applied.
+
+        Raises `InvalidChangeError`, `MapKindError`, `ValueCodecError`, or another
+        `StorageError` naming what failed.
+        """
+        ...
+
+    async def delete(self, name: str, keys: Iterable[str]) -> None:
+        """Forget everything stored for `keys` of map `name` (one transaction)."""
+        ...
+
+    async def close(self) -> None:
+        """Finish and release the storage; a second call does nothing."""
+        ...
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """What a backend factory (and a wrapper) is built from."""
+
+    data_dir: Path
+    """The server's data directory; file-based backends keep their files inside it."""
+    codecs: CodecPipeline = field(default_factory=CodecPipeline)
+    """The configured value codecs; backends pass every persisted value through them."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The backend's own options (the configuration's `[storage.options]`)."""
+
+    def options_as(self, options_type: type[T], backend: str) -> T:
+        """`options` converted to `options_type` (a msgspec Struct); an unknown key or a bad
+        value is a `StorageConfigError` naming it."""
+        try:
+            return msgspec.convert(dict(self.options), options_type)
+        except msgspec.ValidationError as exc:
+            raise StorageConfigError(f"storage backend {backend!r}: bad option: {exc}") from None
+
+
+BackendFactory = Callable[[BackendConfig], StorageBackend]
+"""What `register_storage` registers: builds an uninitialized backend."""
+
+BackendWrapper = Callable[[StorageBackend, BackendConfig], StorageBackend]
+"""What `register_storage_wrappers` registers: returns a backend adding a behaviour around
+the one it is given (write-behind, hot/cold tiering)."""
+
+
+def encoded_value(change: Change, codecs: CodecPipeline) -> bytes | None:
+    """The bytes a backend stores for `change`'s value: the record value packed and encoded
+    by `codecs`, a meta value encoded by them; `None` for a tombstone or a change without a
+    value."""
+    if isinstance(change, PutRecord):
+        if change.record.value is None:
+            return None
+        return codecs.pack(change.record.value, CodecContext("lww", change.map_name, change.key))
+    if isinstance(change, AddORRecord):
+        return codecs.pack(change.record.value, CodecContext("ormap", change.map_name, change.key))
+    if isinstance(change, PutMeta) and change.value is not None:
+        return codecs.encode(change.value, CodecContext("meta", change.namespace, change.key))
+    return None

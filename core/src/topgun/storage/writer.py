@@ -1,0 +1,220 @@
+"""The storage writer: batches submitted changes into transactions (group commit).
+
+The server submits the changes of each write as it happens and gets a `Commit` back
+immediately; it reports the write-concern level PERSISTED only once `await
+commit.wait()` returned, that is, once the transaction holding those changes committed.
+One task commits: whatever was submitted while a transaction ran goes into the next one
+(up to `max_batch` changes), so a busy server writes few, large transactions and an idle
+one commits a lone write at once, with no timer involved.
+
+- A submission is never split: its changes commit together or not at all.
+- A failed transaction fails exactly the submissions it held, each with a
+  `StorageWriteError` whose cause is the backend's error; the writer goes on with the next.
+- The queue is bounded (`max_queued` changes): `submit` waits for room (backpressure).
+- Leaving the `async with` block commits everything submitted before it (drains).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+import anyio
+
+from topgun.storage.contract import Change, StorageBackend, check_batch
+from topgun.storage.errors import StorageClosedError, StorageWriteError
+
+
+class Commit:
+    """The outcome of one submitted batch: pending until its transaction ends."""
+
+    __slots__ = ("_error", "_event", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        """The number of changes submitted."""
+        self._event = anyio.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the transaction holding the batch committed or failed."""
+        return self._event.is_set()
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the batch was not committed; `None` while pending or once committed."""
+        return self._error
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        self._error = error
+        self._event.set()
+
+    async def wait(self) -> None:
+        """Return once the batch is committed; raise `StorageWriteError` if it failed."""
+        await self._event.wait()
+        if self._error is not None:
+            raise StorageWriteError(
+                f"the storage transaction holding {self.size} submitted change(s) failed: "
+                f"{self._error}"
+            ) from self._error
+
+
+class StorageWriter:
+    """Commits submitted changes to `backend` in batched transactions (an async context
+    manager: entering starts the committing task, leaving drains and stops it)."""
+
+    def __init__(
+        self,
+        backend: StorageBackend,
+        *,
+        max_batch: int = 1000,
+        max_queued: int = 10_000,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if max_batch < 1 or max_queued < 1:
+            raise ValueError(
+                f"max_batch and max_queued must be >= 1, not {max_batch}, {max_queued}"
+            )
+        self.backend = backend
+        self.max_batch = max_batch
+        """A transaction holds at most this many changes (unless one submission is larger)."""
+        self.max_queued = max_queued
+        """`submit` waits while this many changes wait for a transaction."""
+        self.last_flush_seconds: float | None = None
+        """How long the last transaction took (by `clock`), committed or failed."""
+        self.last_flush_changes = 0
+        """How many changes the last transaction held."""
+        self.transactions = 0
+        """How many transactions were attempted."""
+        self._clock = clock
+        self._queue: deque[tuple[list[Change], Commit]] = deque()
+        self._queued = 0
+        self._in_flight: list[Commit] = []
+        self._condition: anyio.Condition | None = None
+        self._exit_stack = AsyncExitStack()
+        self._stopped = anyio.Event()
+        self._closing = False
+
+    @property
+    def queue_depth(self) -> int:
+        """Changes submitted and not yet in a transaction."""
+        return self._queued
+
+    async def __aenter__(self) -> StorageWriter:
+        if self._condition is not None:
+            raise RuntimeError("a StorageWriter can be entered only once")
+        self._condition = anyio.Condition()
+        async with AsyncExitStack() as stack:
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self.close)  # runs first on exit: drain, then stop
+            task_group.start_soon(self._run)
+            self._exit_stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        return await self._exit_stack.__aexit__(exc_type, exc, traceback)
+
+    async def close(self) -> None:
+        """Refuse new submissions, commit every queued one, and wait until that is done."""
+        condition = self._condition
+        if condition is None:
+            raise StorageClosedError("the storage writer was never started")
+        async with condition:
+            self._closing = True
+            condition.notify_all()
+        await self._stopped.wait()
+
+    async def submit(self, changes: Sequence[Change]) -> Commit:
+        """Queue `changes` for the next transaction; return its `Commit` (await its
+        `wait()` before reporting PERSISTED). Waits while the queue is full.
+
+        A malformed batch raises `InvalidChangeError` here, for this submitter only.
+        """
+        condition = self._condition
+        if condition is None or self._closing:
+            raise StorageClosedError("the storage writer is not running")
+        check_batch(changes)
+        batch = list(changes)
+        commit = Commit(len(batch))
+        if not batch:
+            commit._finish()
+            return commit
+        async with condition:
+            while not self._closing and self._queue and self._queued + len(batch) > self.max_queued:
+                await condition.wait()
+            if self._closing:
+                raise StorageClosedError("the storage writer closed while the batch waited")
+            self._queue.append((batch, commit))
+            self._queued += len(batch)
+            condition.notify_all()
+        return commit
+
+    async def write(self, changes: Sequence[Change]) -> None:
+        """Submit `changes` and wait until they are committed."""
+        commit = await self.submit(changes)
+        await commit.wait()
+
+    def _take(self) -> tuple[list[Change], list[Commit]]:
+        """Whole submissions from the queue, up to `max_batch` changes (at least one)."""
+        changes: list[Change] = []
+        commits: list[Commit] = []
+        while self._queue and (
+            not commits or len(changes) + len(self._queue[0][0]) <= self.max_batch
+        ):
+            batch, commit = self._queue.popleft()
+            changes.extend(batch)
+            commits.append(commit)
+        self._queued -= len(changes)
+        return changes, commits
+
+    async def _run(self) -> None:
+        condition = self._condition
+        assert condition is not None
+        try:
+            while True:
+                async with condition:
+                    while not self._queue and not self._closing:
+                        await condition.wait()
+                    if not self._queue:
+                        return
+                    changes, self._in_flight = self._take()
+                    condition.notify_all()
+                await self._commit(changes, self._in_flight)
+                self._in_flight = []
+        finally:
+            self._closing = True
+            stopped = StorageClosedError(
+                "the storage writer stopped before this batch's transaction ended; "
+                "it may or may not have been committed"
+            )
+            for commit in self._in_flight:
+                commit._finish(stopped)
+            for _, commit in self._queue:
+                commit._finish(StorageClosedError("the storage writer stopped"))
+            self._queue.clear()
+            self._queued = 0
+            self._stopped.set()
+
+    async def _commit(self, changes: list[Change], commits: list[Commit]) -> None:
+        started = self._clock()
+        self.transactions += 1
+        try:
+            await self.backend.store_batch(changes)
+        except Exception as exc:  # any backend failure fails this transaction only
+            for commit in commits:
+                commit._finish(exc)
+        else:
+            for commit in commits:
+                commit._finish()
+        finally:
+            self.last_flush_seconds = self._clock() - started
+            self.last_flush_changes = len(changes)
