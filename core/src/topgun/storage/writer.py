@@ -19,10 +19,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
 from types import TracebackType
 
 import anyio
+from anyio.abc import TaskGroup
 
 from topgun.storage.contract import Change, StorageBackend, check_batch
 from topgun.storage.errors import StorageClosedError, StorageWriteError
@@ -95,7 +95,7 @@ class StorageWriter:
         self._queued = 0
         self._in_flight: list[Commit] = []
         self._condition: anyio.Condition | None = None
-        self._exit_stack = AsyncExitStack()
+        self._task_group: TaskGroup | None = None
         self._stopped = anyio.Event()
         self._closing = False
 
@@ -108,11 +108,9 @@ class StorageWriter:
         if self._condition is not None:
             raise RuntimeError("a StorageWriter can be entered only once")
         self._condition = anyio.Condition()
-        async with AsyncExitStack() as stack:
-            task_group = await stack.enter_async_context(anyio.create_task_group())
-            stack.push_async_callback(self.close)  # runs first on exit: drain, then stop
-            task_group.start_soon(self._run)
-            self._exit_stack = stack.pop_all()
+        task_group = self._task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        task_group.start_soon(self._run)
         return self
 
     async def __aexit__(
@@ -120,8 +118,17 @@ class StorageWriter:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool | None:
-        return await self._exit_stack.__aexit__(exc_type, exc, traceback)
+    ) -> None:
+        """Drain, then stop. An exception of the block propagates as it is (the task group
+        only sees one raised while draining, such as a cancellation)."""
+        assert self._task_group is not None
+        try:
+            await self.close()
+        except BaseException as error:
+            if not await self._task_group.__aexit__(type(error), error, error.__traceback__):
+                raise
+        else:
+            await self._task_group.__aexit__(None, None, None)
 
     async def close(self) -> None:
         """Refuse new submissions, commit every queued one, and wait until that is done."""
