@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from topgun.storage.contract import Change, StorageBackend, check_batch
@@ -94,10 +95,14 @@ class StorageWriter:
         self._queue: deque[tuple[list[Change], Commit]] = deque()
         self._queued = 0
         self._in_flight: list[Commit] = []
-        self._condition: anyio.Condition | None = None
         self._task_group: TaskGroup | None = None
-        self._stopped = anyio.Event()
         self._closing = False
+        # Set when the queue gains a submission or the writer closes (wakes the committer),
+        # when the committer takes submissions off the queue (wakes full-queue waiters),
+        # and when the committer has stopped.
+        self._wakeup = anyio.Event()
+        self._room = anyio.Event()
+        self._stopped = anyio.Event()
 
     @property
     def queue_depth(self) -> int:
@@ -105,9 +110,8 @@ class StorageWriter:
         return self._queued
 
     async def __aenter__(self) -> StorageWriter:
-        if self._condition is not None:
+        if self._task_group is not None:
             raise RuntimeError("a StorageWriter can be entered only once")
-        self._condition = anyio.Condition()
         task_group = self._task_group = anyio.create_task_group()
         await task_group.__aenter__()
         task_group.start_soon(self._run)
@@ -132,12 +136,11 @@ class StorageWriter:
 
     async def close(self) -> None:
         """Refuse new submissions, commit every queued one, and wait until that is done."""
-        condition = self._condition
-        if condition is None:
+        if self._task_group is None:
             raise StorageClosedError("the storage writer was never started")
-        async with condition:
-            self._closing = True
-            condition.notify_all()
+        self._closing = True
+        self._wakeup.set()
+        self._room.set()
         await self._stopped.wait()
 
     async def submit(self, changes: Sequence[Change]) -> Commit:
@@ -146,23 +149,24 @@ class StorageWriter:
 
         A malformed batch raises `InvalidChangeError` here, for this submitter only.
         """
-        condition = self._condition
-        if condition is None or self._closing:
+        if self._task_group is None or self._closing:
             raise StorageClosedError("the storage writer is not running")
         check_batch(changes)
+        await anyio.lowlevel.checkpoint()  # always yield (and take a cancellation) first
+        if self._closing:
+            raise StorageClosedError("the storage writer is not running")
         batch = list(changes)
         commit = Commit(len(batch))
         if not batch:
             commit._finish()
             return commit
-        async with condition:
-            while not self._closing and self._queue and self._queued + len(batch) > self.max_queued:
-                await condition.wait()
-            if self._closing:
-                raise StorageClosedError("the storage writer closed while the batch waited")
-            self._queue.append((batch, commit))
-            self._queued += len(batch)
-            condition.notify_all()
+        while self._queue and self._queued + len(batch) > self.max_queued and not self._closing:
+            await self._room.wait()
+        if self._closing:
+            raise StorageClosedError("the storage writer closed while the batch waited")
+        self._queue.append((batch, commit))
+        self._queued += len(batch)
+        self._wakeup.set()
         return commit
 
     async def write(self, changes: Sequence[Change]) -> None:
@@ -171,7 +175,8 @@ class StorageWriter:
         await commit.wait()
 
     def _take(self) -> tuple[list[Change], list[Commit]]:
-        """Whole submissions from the queue, up to `max_batch` changes (at least one)."""
+        """Whole submissions from the queue, up to `max_batch` changes (at least one), and
+        wake the submitters waiting for room."""
         changes: list[Change] = []
         commits: list[Commit] = []
         while self._queue and (
@@ -181,20 +186,20 @@ class StorageWriter:
             changes.extend(batch)
             commits.append(commit)
         self._queued -= len(changes)
+        room, self._room = self._room, anyio.Event()
+        room.set()
         return changes, commits
 
     async def _run(self) -> None:
-        condition = self._condition
-        assert condition is not None
         try:
             while True:
-                async with condition:
-                    while not self._queue and not self._closing:
-                        await condition.wait()
-                    if not self._queue:
+                if not self._queue:
+                    if self._closing:
                         return
-                    changes, self._in_flight = self._take()
-                    condition.notify_all()
+                    await self._wakeup.wait()
+                    self._wakeup = anyio.Event()
+                    continue
+                changes, self._in_flight = self._take()
                 await self._commit(changes, self._in_flight)
                 self._in_flight = []
         finally:
@@ -209,6 +214,7 @@ class StorageWriter:
                 commit._finish(StorageClosedError("the storage writer stopped"))
             self._queue.clear()
             self._queued = 0
+            self._room.set()
             self._stopped.set()
 
     async def _commit(self, changes: list[Change], commits: list[Commit]) -> None:
