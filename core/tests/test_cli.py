@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from topgun import __version__
 from topgun.cli import build_cli, main
-from topgun.hooks import TopgunPluginManager, hookimpl, make_plugin_manager
+from topgun.hooks import DEFAULT_PLUGINS, TopgunPluginManager, hookimpl, make_plugin_manager
 
 
 @pytest.fixture
@@ -84,7 +84,9 @@ def test_plugins_json(pm: TopgunPluginManager) -> None:
     pm.register(backup_plugin(), name="backup")
     result = CliRunner().invoke(build_cli(pm), ["plugins", "--json", "--all"])
     assert result.exit_code == 0
-    assert json.loads(result.output) == [
+    listed = json.loads(result.output)
+    assert [info["name"] for info in listed] == sorted(["backup", *DEFAULT_PLUGINS])
+    assert [info for info in listed if info["name"] in ("backup", "topgun.cli")] == [
         {
             "name": "backup",
             "version": None,
@@ -125,4 +127,5 @@ def test_main_runs_the_command(
     with pytest.raises(SystemExit) as exited:
         main(["plugins", "--all", "--json"])
     assert exited.value.code == 0
-    assert [info["name"] for info in json.loads(capsys.readouterr().out)] == ["topgun.cli"]
+    listed = [info["name"] for info in json.loads(capsys.readouterr().out)]
+    assert listed == sorted(DEFAULT_PLUGINS)

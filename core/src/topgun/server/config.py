@@ -713,7 +713,7 @@ def load_config(
         except msgspec.ValidationError as exc:
             error = _validation_error(combined, exc, cls, prefix, secrets)
             origins = _origins(layers, prefix + _error_path(exc))
-            raise ConfigError(f"{error} (set by {origins})") from None
+            raise ConfigError(f"{error} (set by {origins})" if origins else str(error)) from None
 
     config: ServerConfig = build(
         {key: value for key, value in merged.items() if key not in sections}, ServerConfig, ()
