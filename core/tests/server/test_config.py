@@ -403,6 +403,11 @@ def test_section_names_are_checked_by_load_config_too() -> None:
         "the configuration keys auth_jwt.secret and auth.jwt_secret both map to "
         "TOPGUN_AUTH_JWT_SECRET"
     )
+    reserved = {"load": msgspec.defstruct("Load", [("plugins", str)])}
+    assert error(sections=reserved) == (
+        "the configuration key load.plugins maps to TOPGUN_LOAD_PLUGINS, which topgun reads "
+        "for another purpose"
+    )
 
 
 # --- reading the file, and the flags -------------------------------------------------------

@@ -28,7 +28,7 @@ import tomllib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, NamedTuple, TypeVar, cast
+from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar, cast
 
 import click
 import msgspec
@@ -278,7 +278,8 @@ class _Leaf(NamedTuple):
     """One environment variable: the key path it sets and how its text is parsed."""
 
     path: tuple[str, ...]
-    shape: str  # "scalar", "bool", "list" (comma-separated) or "json"
+    shape: Literal["scalar", "bool", "list", "json"]
+    """How the text is read: as it is, as a boolean word, comma-separated, or as JSON."""
     optional: bool
     secret: bool
 
@@ -286,6 +287,7 @@ class _Leaf(NamedTuple):
 def _leaf(path: tuple[str, ...], t: mi.Type) -> _Leaf:
     base = _unwrap_optional(t)
     secret = isinstance(base, mi.CustomType) and base.cls is Secret
+    shape: Literal["scalar", "bool", "list", "json"]
     if isinstance(base, mi.BoolType):
         shape = "bool"
     elif isinstance(base, _SCALARS):
@@ -317,10 +319,15 @@ def _variables(sections: tuple[tuple[str, type], ...]) -> dict[str, _Leaf]:
 
     def add(path: tuple[str, ...], t: mi.Type) -> None:
         name = _env_name(path)
-        if name in found or name in OTHER_VARIABLES:
-            other = ".".join(found[name].path) if name in found else "a topgun setting"
+        if name in found:
             raise ConfigError(
-                f"the configuration keys {'.'.join(path)} and {other} both map to {name}"
+                f"the configuration keys {'.'.join(path)} and {'.'.join(found[name].path)} "
+                f"both map to {name}"
+            )
+        if name in OTHER_VARIABLES:
+            raise ConfigError(
+                f"the configuration key {'.'.join(path)} maps to {name}, which topgun reads "
+                "for another purpose"
             )
         found[name] = _leaf(path, t)
 
