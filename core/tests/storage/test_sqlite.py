@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import subprocess
+import sys
 import threading
 from contextlib import closing
 from pathlib import Path
@@ -186,18 +189,61 @@ async def test_concurrent_batches_are_serialized(tmp_path: Path) -> None:
     assert len(snapshot.records) == 20
 
 
-@pytest.mark.anyio
-async def test_an_sqlite_failure_is_a_storage_error_naming_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("code", "error_type", "message"),
+    [
+        (14, StorageOpenError, "cannot open .* for writing"),  # SQLITE_CANTOPEN
+        (8 | (1 << 8), StorageOpenError, "cannot open .* for writing"),  # READONLY_RECOVERY
+        (5, StorageOpenError, "in use by another process"),  # SQLITE_BUSY
+        (11, StorageCorruptError, "not a readable SQLite database"),  # SQLITE_CORRUPT
+        (13, StorageError, "writing failed"),  # SQLITE_FULL: disk full
+    ],
+)
+def test_sqlite_errors_map_to_typed_errors_naming_the_file(
+    tmp_path: Path, code: int, error_type: type[StorageError], message: str
+) -> None:
+    """Result codes that cannot be provoked portably (a read-only disk as root, a full
+    disk) are mapped like the ones the other tests provoke for real."""
     path = tmp_path / "t.db"
+    cause = sqlite3.OperationalError("the driver's message")
+    cause.sqlite_errorcode = code  # type: ignore[attr-defined]
+    error = SQLiteBackend(path)._error(cause, "writing")
+    assert type(error) is error_type
+    assert re.search(message, str(error))
+    assert str(path) in str(error)
+    assert "the driver's message" in str(error)
+
+
+CRASHING_WRITER = """
+import os, sys
+import anyio
+from topgun.crdt import LWWRecord, Timestamp
+from topgun.storage import PutRecord, SQLiteBackend, StorageWriter
+
+async def main():
+    backend = SQLiteBackend(sys.argv[1])
+    await backend.initialize()
+    async with StorageWriter(backend, max_batch=100) as writer:
+        for i in range(1000):
+            await writer.write([PutRecord("m", f"k{i}", LWWRecord(i, Timestamp(i, 0, "n")))])
+        print("committed", flush=True)
+        os._exit(3)  # die with the WAL not checkpointed and the connection open
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.anyio
+async def test_committed_batches_survive_a_killed_process(tmp_path: Path) -> None:
+    path = tmp_path / "topgun.db"
+    result = subprocess.run(
+        [sys.executable, "-c", CRASHING_WRITER, str(path)], capture_output=True, text=True
+    )
+    assert (result.returncode, result.stdout) == (3, "committed\n"), result.stderr
+    assert (tmp_path / "topgun.db-wal").exists()
     backend = SQLiteBackend(path)
     await backend.initialize()
-    await backend.store_batch([put()])
-    with closing(sqlite3.connect(":memory:")) as other:  # any sqlite3.Error will do
-        try:
-            other.execute("SELECT * FROM nowhere")
-        except sqlite3.Error as exc:
-            error = backend._error(exc, "reading")
+    snapshot = await backend.load_map("m")
     await backend.close()
-    assert isinstance(error, StorageError)
-    assert str(path) in str(error)
-    assert "no such table" in str(error)
+    assert snapshot is not None
+    assert snapshot.records == {f"k{i}": LWWRecord(i, Timestamp(i, 0, "n")) for i in range(1000)}
