@@ -416,7 +416,6 @@ class SQLiteBackend:
             return
         map_id, kind = found
         if isinstance(change, PutRecord):
-            ts = change.record.timestamp
             conn.execute(
                 "INSERT INTO lww_records VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (map_id, key) DO UPDATE SET value = excluded.value,"
@@ -428,29 +427,24 @@ class SQLiteBackend:
                     map_id,
                     change.key,
                     value,
-                    ts.millis,
-                    ts.counter,
-                    ts.node_id,
+                    *_columns(change.record.timestamp),
                     change.record.ttl_ms,
                 ),
             )
         elif isinstance(change, PruneRecord):
-            ts = change.older_than
             conn.execute(
                 "DELETE FROM lww_records WHERE map_id = ? AND key = ? AND value IS NULL"
                 " AND (millis, counter, node_id) < (?, ?, ?)",
-                (map_id, change.key, ts.millis, ts.counter, ts.node_id),
+                (map_id, change.key, *_columns(change.older_than)),
             )
         elif isinstance(change, AddORRecord):
             record = change.record
-            ts = record.timestamp
             conn.execute(
                 "INSERT INTO or_records SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
                 " WHERE NOT EXISTS (SELECT 1 FROM or_tombstones WHERE map_id = ?1 AND tag = ?3)"
                 " ON CONFLICT (map_id, key, tag) DO NOTHING",
-                (map_id, change.key, record.tag, value, ts.millis, ts.counter, ts.node_id,
-                 record.ttl_ms),
-            )  # fmt: skip
+                (map_id, change.key, record.tag, value, *_columns(record.timestamp), record.ttl_ms),
+            )
         elif isinstance(change, RemoveORTag):
             holders = sorted(
                 key
@@ -480,6 +474,11 @@ class SQLiteBackend:
             conn.execute(
                 "DELETE FROM or_tombstones WHERE map_id = ? AND key = ?", (map_id, change.key)
             )
+
+
+def _columns(ts: Timestamp) -> tuple[int, int, str]:
+    """A timestamp as its three columns, in the order they compare."""
+    return ts.millis, ts.counter, ts.node_id
 
 
 def open_sqlite(config: BackendConfig) -> StorageBackend:
