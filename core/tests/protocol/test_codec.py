@@ -767,7 +767,32 @@ def structured(draw: st.DrawFn) -> bytes:
     return msgspec.msgpack.encode(message)
 
 
-FRAMES = st.one_of(st.binary(max_size=300), mutated(), structured())
+def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _paths(value, (*path, index))
+    return found
+
+
+@st.composite
+def perturbed(draw: st.DrawFn) -> bytes:
+    """A golden message with one value (at any depth) replaced by a random one."""
+    tree = msgspec.msgpack.decode(
+        draw(st.sampled_from(GOLDEN_FRAMES)), ext_hook=msgspec.msgpack.Ext
+    )
+    path = draw(st.sampled_from(_paths(tree)[1:]))
+    parent = tree
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = draw(VALUES)
+    return msgspec.msgpack.encode(tree)
+
+
+FRAMES = st.one_of(st.binary(max_size=300), mutated(), structured(), perturbed())
 
 
 def check_frame(frame: bytes) -> None:

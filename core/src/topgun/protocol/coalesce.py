@@ -13,6 +13,7 @@ from typing import Final
 
 import msgspec
 
+from topgun.protocol.auth import Batch
 from topgun.protocol.batch import pack_batch
 from topgun.protocol.catalogue import URGENT_MESSAGE_TYPES
 from topgun.protocol.codec import encode as default_encode
@@ -54,6 +55,8 @@ class Coalescer:
 
     def send(self, message: msgspec.Struct, *, urgent: bool | None = None) -> list[bytes]:
         """Queue a message, or send it now if urgent (by default: its type is in §1.3's list)."""
+        if isinstance(message, Batch):
+            raise ValueError("a BATCH is never queued: BATCH frames are not nested (§1.3)")
         if urgent is None:
             urgent = type(message) in URGENT_MESSAGE_TYPES
         return self.send_frame(self._encode(message), urgent=urgent)
