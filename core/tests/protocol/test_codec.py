@@ -372,9 +372,13 @@ def test_timestamp_ext_becomes_epoch_milliseconds() -> None:
     ts64 = b"\xd7\xff" + struct.pack(">Q", (5_000_000 << 34) | 1_700_000_000)
     frame = m16(("type", pack("PING")), ("timestamp", ts64))
     assert decode_client_frame(frame) == Ping(timestamp=1_700_000_000_005)
-    data = m16(("when", b"\xd6\xff" + struct.pack(">I", 1_700_000_000)))
-    pub = m16(("type", pack("TOPIC_PUB")), ("payload", m16(("topic", pack("t")), ("data", data))))
-    assert decode_client_frame(pub).payload.data == {"when": 1_700_000_000_000}  # type: ignore[union-attr]
+    seconds = struct.pack(">I", 1_700_000_000)
+    for header in (b"\xd6\xff", b"\xc7\x04\xff", b"\xc8\x00\x04\xff", b"\xc9\x00\x00\x00\x04\xff"):
+        data = m16(("when", header + seconds))
+        frame = m16(
+            ("type", pack("TOPIC_PUB")), ("payload", m16(("topic", pack("t")), ("data", data)))
+        )
+        assert decode_client_frame(frame).payload.data == {"when": 1_700_000_000_000}  # type: ignore[union-attr]
 
 
 def test_other_ext_types_are_refused_with_their_path() -> None:
@@ -542,6 +546,24 @@ def test_an_invalid_op_fails_alone() -> None:
     assert message.payload.write_concern == "APPLIED"
     # Re-encoding writes the invalid ops back as they came (compared as bytes: NaN != NaN).
     assert encode(decode_client_frame(encode(message))) == encode(message)
+
+
+def test_an_invalid_ts_op_drops_its_undefined_fields() -> None:
+    """An op with ext 0 fields that fails validation keeps no ext in `raw` (found by fuzzing)."""
+    op = m16(
+        ("mapName", pack(None)),
+        ("key", pack("k")),
+        ("orRecord", EXT0),
+        ("orTag", EXT0),
+        ("value", m16(("a", EXT0), ("b", b"\x91" + EXT0))),
+    )
+    frame = m16(("type", pack("OP_BATCH")), ("payload", m16(("ops", b"\x91" + op))))
+    (invalid,) = decode_client_frame(frame).payload.ops  # type: ignore[union-attr]
+    assert isinstance(invalid, InvalidOp)
+    assert invalid.raw == {"mapName": None, "key": "k", "value": {"b": [None]}}
+    assert "mapName" in invalid.reason
+    again = decode_client_frame(encode(decode_client_frame(frame)))
+    assert again.payload.ops == [invalid]  # type: ignore[union-attr]
 
 
 def test_a_bad_envelope_fails_the_batch() -> None:

@@ -6,8 +6,9 @@ means "absent" (J1), an integer field may arrive as an integral float64 (J2), an
 12 and `1` into `True`, which the spec forbids. So the codec decodes in three steps:
 
 1. strict decoding into a *shadow* of the target type, where every `int` is `int | float`, every
-   optional field also accepts an ext, every `any` value is kept raw (`msgspec.Raw`, decoded and
-   depth-checked by the codec's hook) and a recursive type is unrolled to the nesting limit;
+   optional field also accepts an ext (ext 0 is nil there), every `any` value is kept raw
+   (`msgspec.Raw`, decoded and depth-checked by the codec's hook) and a recursive type is
+   unrolled to the nesting limit;
 2. `msgspec.to_builtins` with that hook (ext 0 → nil, raw values decoded);
 3. lax conversion into the *target*, which is the public type itself except where a field
    holds ops validated one by one (`Sequence[ClientOp | InvalidOp]`): there a twin class with
@@ -15,7 +16,7 @@ means "absent" (J1), an integer field may arrive as an integral float64 (J2), an
    strict, the only lax conversion left to happen in step 3 is integral float → int.
 
 The *tree* mode of a shadow is the same, for values already parsed into Python objects (the
-exact path): `any` values are checked by the hook instead of being raw, and no ext can occur.
+exact path): `any` values are handed to the hook as objects instead of raw bytes.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Leaf(Content):
 
 class Mode(Enum):
     RAW = "raw"
-    """Decoding bytes: `any` values stay `msgspec.Raw`, optional fields accept an ext."""
+    """Decoding bytes: `any` values stay `msgspec.Raw`."""
     TREE = "tree"
     """Converting parsed Python values: `any` values become `Content`."""
 
@@ -117,7 +118,7 @@ class Variants:
         if origin in (Union, types.UnionType):
             kept = [arg for arg in args if arg is not InvalidOp]
             members = [self._shadow(arg, mode, budget) for arg in kept]
-            if mode is Mode.RAW and _NONE in kept:
+            if _NONE in kept:
                 members.append(Ext)
             return _union(members)
         if origin in _SEQUENCES:
@@ -237,6 +238,7 @@ class Variants:
             omit_defaults=True,
             kw_only=True,
             frozen=not shadow and config.frozen,
+            gc=False,
         )
 
 

@@ -5,10 +5,13 @@ Decoding accepts what TS clients (msgpackr) send: msgpack binary frames, with ex
 out to be JSON (§1.2). Every failure is a `ProtocolError`. Encoding produces standard msgpack
 whose integers outside [-2^31, 2^32-1] are float64, so that JS decodes them as numbers (J3).
 
-Two paths give one result. The fast path lets msgspec do the work in C (see `_variants`). When
-it cannot decide — an ext inside a value, a lone surrogate, a frame that does not validate — the
-exact path parses the frame with `_msgpack` (or `json`) and converts the parsed value with the
-same generated types, so both paths accept the same frames and report errors the same way.
+Two paths give one result. The fast path decodes straight into generated types (see
+`_variants`) and decides nothing it is unsure of. The exact path parses the frame into Python
+values first — with msgspec, or with `_msgpack` for what msgspec cannot represent (lone
+surrogates, timestamp exts, an ext inside a value) — so it can read the `type`, the
+correlation ids and each op on its own, and converts with the same generated types, so both
+paths accept the same frames. Both run in C except for per-value hooks, so even a frame that
+fails costs time in proportion to its size, not more.
 
 Limits: `max_frame_bytes` (default 64 MiB; larger frames are refused before parsing, close 1009)
 and `max_depth` (default 64): every `any` value (record values, topic data, processor args, …)
@@ -18,8 +21,10 @@ message does not declare are skipped, whatever they hold.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar, Union, cast
 
@@ -67,7 +72,17 @@ _TOO_DEEP: Final = "nesting deeper than"
 _AT: Final = re.compile(r" - at `(\$[^`]*)`$")
 _CONTAINER_MARKERS: Final = frozenset((*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF))
 _NOT_CONTAINER_MARKER: Final = bytes(b for b in range(256) if b not in _CONTAINER_MARKERS)
+_TIMESTAMP_MARKERS: Final = (b"\xd6\xff", b"\xd7\xff", b"\x04\xff", b"\x08\xff", b"\x0c\xff")
+"""fixext4/fixext8 of type -1, and the size byte + type of ext8/16/32 timestamps."""
 _JS_INT_MIN, _JS_INT_MAX = -(2**31), 2**32 - 1
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_TO_BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_NESTED: Final = (dict, list, Ext)
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MILLISECOND: Final = dt.timedelta(milliseconds=1)
+_MALFORMED: Final = object()
+"""What parsing gives for bytes that are not one msgpack value."""
 _CORRELATION_KEYS: Final = ("queryId", "requestId", "subscriptionId")
 
 
@@ -106,12 +121,35 @@ class _Schema:
 
 
 def _within_depth(value: Any, limit: int) -> bool:
-    """Whether `value` nests at most `limit` containers (iteratively: no recursion)."""
+    """Whether `value` nests at most `limit` containers.
+
+    Counted in C on its JSON form: strings removed, brackets kept, then each pass of
+    `replace("[]", "")` peels one level. Values JSON cannot hold are walked in Python.
+    """
+    if value.__class__ is not dict and value.__class__ is not list:
+        return value.__class__ is not Ext or _walk_depth(value, limit)
+    try:
+        text = msgspec.json.encode(value)
+    except (TypeError, ValueError):
+        return _walk_depth(value, limit)
+    brackets = _JSON_STRING.sub(b"", text).translate(_TO_BRACKETS, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return True
+        brackets = brackets.replace(b"[]", b"")
+    return not brackets
+
+
+def _walk_depth(value: Any, limit: int) -> bool:
+    """`_within_depth` in Python, without recursion. An ext inside the value cannot be placed
+    here (its map key must go): the exact parser has to read the frame."""
     todo: list[tuple[Any, int]] = [(value, 0)]
     while todo:
         item, depth = todo.pop()
+        if item.__class__ is Ext:
+            raise _Undecided
         if item.__class__ is dict:
-            children: Iterable[Any] = item.values()
+            children: Iterable[Any] = [*item, *item.values()]
         elif item.__class__ is list:
             children = item
         else:
@@ -119,14 +157,58 @@ def _within_depth(value: Any, limit: int) -> bool:
         depth += 1
         if depth > limit:
             return False
-        todo.extend((child, depth) for child in children if child.__class__ in (dict, list))
+        todo.extend((child, depth) for child in children if child.__class__ in _NESTED)
     return True
 
 
 def _has_timestamp_ext(data: bytes) -> bool:
-    return b"\xff" in data and (
-        b"\xd6\xff" in data or b"\xd7\xff" in data or b"\xc7\x0c\xff" in data
-    )
+    """Whether `data` may hold a timestamp ext (type -1 = 0xff right after its size): msgspec
+    would decode one as a datetime where J6 wants epoch ms. False positives only cost speed."""
+    return b"\xff" in data and any(marker in data for marker in _TIMESTAMP_MARKERS)
+
+
+def _epoch_ms(value: Any) -> Any:
+    """`value` with every datetime (a decoded timestamp ext) as epoch milliseconds (J6)."""
+    if isinstance(value, dt.datetime):
+        return (value - _EPOCH) // _MILLISECOND
+    if value.__class__ is dict:
+        return {key: _epoch_ms(item) for key, item in value.items()}
+    if value.__class__ is list:
+        return [_epoch_ms(item) for item in value]
+    return value
+
+
+class _DatetimeFound(Exception):
+    pass
+
+
+def _no_datetime(obj: Any) -> Any:
+    if isinstance(obj, dt.datetime):
+        raise _DatetimeFound
+    return None
+
+
+def _has_datetime(tree: Any) -> bool:
+    """Whether a parsed frame holds a datetime, found in C by the json module's encoder."""
+    try:
+        json.dumps(tree, default=_no_datetime, skipkeys=True, check_circular=False)
+    except _DatetimeFound:
+        return True
+    return False
+
+
+def _without_exts(value: Any) -> Any:
+    """`value` with ext 0 applied (map key dropped, nil in an array); other exts need the exact
+    parser."""
+    if value.__class__ is Ext:
+        if value.code != 0:
+            raise _Undecided
+        return None
+    if value.__class__ is dict:
+        return {k: _without_exts(v) for k, v in value.items() if v.__class__ is not Ext or v.code}
+    if value.__class__ is list:
+        return [_without_exts(item) for item in value]
+    return value
 
 
 def _refuse_ext(code: int, data: memoryview) -> Any:
@@ -138,9 +220,13 @@ def _refuse_constant(name: str) -> Any:
 
 
 def _unwrap(obj: Any) -> Any:
+    """The exact path's `to_builtins` hook: unwraps checked values; ext 0 in an optional field
+    is nil (J1); any other ext needs the exact parser (for epoch ms, or to report its path)."""
     if isinstance(obj, Content):
         return obj.value
-    raise TypeError(f"unexpected {type(obj).__name__}")
+    if obj.__class__ is Ext and obj.code == 0:
+        return None
+    raise _Undecided
 
 
 def _encode_hook(obj: Any) -> Any:
@@ -207,8 +293,8 @@ def _value_hook(decode: Callable[[Any], Any], max_depth: int, *, kind: str) -> A
     (cheaply, by counting container markers, and exactly only when that bound is exceeded),
     turns an ext 0 in an optional field into nil, and gives up on anything else.
 
-    `kind` is "json", "msgpack", or "msgpack-dates" for frames that may hold a timestamp ext,
-    which msgspec would decode as a datetime where J6 wants epoch milliseconds.
+    `kind` is "json", "msgpack", or "msgpack-dates" for frames that may hold a timestamp ext:
+    msgspec decodes one as a datetime, which becomes epoch milliseconds here (J6).
     """
     dates = kind == "msgpack-dates"
 
@@ -224,7 +310,7 @@ def _value_hook(decode: Callable[[Any], Any], max_depth: int, *, kind: str) -> A
             if len(obj) > max_depth or dates:
                 data = bytes(obj)
                 if dates and _has_timestamp_ext(data):
-                    raise _Undecided
+                    value = _epoch_ms(value)
                 if (
                     len(data) > max_depth
                     and containers(data) > max_depth
@@ -265,6 +351,8 @@ class Codec:
         self._parse_depth = 3 * max_depth + 16
         self._variants = Variants(max_depth)
         self._schemas: dict[Any, _Schema] = {}
+        self._building = threading.Lock()
+        self._any_with_exts = msgspec.msgpack.Decoder(ext_hook=Ext).decode
         any_msgpack = msgspec.msgpack.Decoder(ext_hook=_refuse_ext).decode
         self._msgpack_hook = _value_hook(any_msgpack, max_depth, kind="msgpack")
         self._msgpack_dates_hook = _value_hook(any_msgpack, max_depth, kind="msgpack-dates")
@@ -330,8 +418,11 @@ class Codec:
     def _schema(self, public: Any, tags: dict[str, type[Any]] | None) -> _Schema:
         schema = self._schemas.get(public)
         if schema is None:
-            schema = _Schema(public, self._variants, self._leaf_hook, tags)
-            self._schemas[public] = schema
+            with self._building:  # built once, on first use; the variant caches are shared
+                schema = self._schemas.get(public)
+                if schema is None:
+                    schema = _Schema(public, self._variants, self._leaf_hook, tags)
+                    self._schemas[public] = schema
         return schema
 
     def _check_size(self, data: bytes | bytearray | memoryview) -> None:
@@ -362,20 +453,42 @@ class Codec:
         fast = self._fast(data, schema, schema.msgpack, hook)
         if fast is not None:
             return fast
+        tree = self._parse(data)
+        if tree.__class__ is not dict:
+            if json_fallback:
+                # §1.2: a binary frame that is not a msgpack map is read as JSON text.
+                return self._decode_json_data(data, schema)
+            if tree is _MALFORMED:
+                raise ProtocolError(ErrorCode.UNDECODABLE, "not a msgpack value")
         try:
-            tree = _msgpack.unpack(data, self._parse_depth)
+            return self._from_tree(tree, schema)
+        except _Undecided:
+            return self._from_tree(self._parse_exactly(data), schema)
+
+    def _parse(self, data: bytes) -> Any:
+        """The frame as Python values, exts kept as `Ext` (typed fields take ext 0 as nil)."""
+        try:
+            tree = self._any_with_exts(data)
+        except UnicodeDecodeError:
+            return self._parse_exactly(data)
+        except RecursionError:
+            raise ProtocolError(ErrorCode.TOO_DEEP, "msgpack nests too deeply") from None
+        except msgspec.DecodeError:
+            return _MALFORMED
+        if _has_timestamp_ext(data) and _has_datetime(tree):
+            return self._parse_exactly(data)
+        return tree
+
+    def _parse_exactly(self, data: bytes) -> Any:
+        """The frame as Python values under every TopGun rule (see `_msgpack`)."""
+        try:
+            return _msgpack.unpack(data, self._parse_depth)
         except _msgpack.Malformed:
-            tree = None
+            return _MALFORMED
         except _msgpack.TooDeep as exc:
             raise ProtocolError(ErrorCode.TOO_DEEP, str(exc)) from None
         except _msgpack.BadValue as exc:
             raise ProtocolError(ErrorCode.INVALID_FIELD, exc.detail, path=exc.path) from None
-        if tree.__class__ is dict or not json_fallback:
-            if tree is None:
-                raise ProtocolError(ErrorCode.UNDECODABLE, "not a msgpack value")
-            return self._from_tree(tree, schema)
-        # §1.2: a binary frame that is not a msgpack map is read as JSON text.
-        return self._decode_json_data(data, schema)
 
     def _decode_json_data(self, data: bytes, schema: _Schema) -> Any:
         fast = self._fast(data, schema, schema.json, self._json_hook)
@@ -403,7 +516,7 @@ class Codec:
     def _leaf_hook(self, tp: type, obj: Any) -> Any:
         """Checks an `any` value (tree path) or a recursive field at the limit (both paths)."""
         if tp is Content:
-            if not _within_depth(obj, self.max_depth):
+            if not _within_depth(obj, self.max_depth):  # raises _Undecided for an ext inside
                 raise ValueError(f"{_TOO_DEEP} {self.max_depth} levels")
             return Content(obj)
         if tp is Leaf:
@@ -457,6 +570,7 @@ class Codec:
             text = str(exc)
             at = _AT.search(text)
             detail = (text[: at.start()] if at else text).replace("int | float", "int")
+            detail = detail.replace(" | ext", "")
             code = ErrorCode.TOO_DEEP if _TOO_DEEP in detail else ErrorCode.INVALID_FIELD
             raise ProtocolError(
                 code,
@@ -478,7 +592,7 @@ class Codec:
                 index,
                 op_id if isinstance(op_id, str) else f"#{index}",
                 f"Invalid op: {exc.detail}{where}",
-                raw,
+                _without_exts(raw),
             )
 
     # -- encoding --------------------------------------------------------------------------
