@@ -318,3 +318,52 @@ def test_replicas_receiving_the_same_ops_in_any_order_converge(
         assert {k: other.values(k) for k in KEYS} == {k: replicas[0].values(k) for k in KEYS}
     removed = {tag for _, _, tag in removes}
     assert all(r.tag not in removed for k in KEYS for r in replicas[0].records(k))
+
+
+def test_restore_rebuilds_records_tombstones_and_dead_keys_without_events(clock: Any) -> None:
+    """A map restored from a snapshot equals the map that was stored, dead keys included."""
+    original = new_map(clock)
+    kept = original.apply("a", orec("x", T0, 0))
+    original.apply("a", orec("y", T0, 1))
+    original.apply_tombstone(f"{T0}:1:n")
+    original.apply("dead", orec("z", T0, 2))
+    original.apply_tombstone(f"{T0}:2:n")
+    original.apply_tombstone(f"{T0}:3:n")  # a tag no key held
+    assert kept
+    restored = new_map(clock)
+    seen: list[object] = []
+    restored.on_change(lambda *change: seen.append(change))
+    newest = restored.restore(
+        {"a": original.records("a"), "dead": []},
+        {f"{T0}:1:n": "a", f"{T0}:2:n": "dead", f"{T0}:3:n": None},
+    )
+    assert newest == Timestamp(T0, 3, "n")
+    assert seen == []
+    assert restored.hlc.last == Timestamp(0, 0, "local")  # the clock is the owner's business
+    assert restored.values("a") == ["x"]
+    assert restored.tombstones_of("a") == [f"{T0}:1:n"]
+    assert restored.tombstones_of("dead") == [f"{T0}:2:n"]
+    assert restored.tombstones == original.tombstones
+    assert sorted(restored.all_keys()) == ["a", "dead"]
+    assert restored.merkle.root_hash == original.merkle.root_hash
+    assert not restored.apply("a", orec("y", T0, 1))  # still tombstoned
+
+
+def test_restore_leaves_out_records_whose_tags_are_tombstoned(clock: Any) -> None:
+    m = new_map(clock)
+    m.restore({"k": [orec("v", T0, 0), orec("w", T0, 1)]}, {f"{T0}:0:n": "k"})
+    assert m.values("k") == ["w"]
+    assert m.tombstones_of("k") == [f"{T0}:0:n"]
+
+
+def test_restore_validates_everything_before_changing_anything(clock: Any) -> None:
+    m = new_map(clock)
+    bad = ORMapRecord("v", Timestamp(T0, 0, "n"), "not-the-tag")
+    with pytest.raises(InvalidTagError):
+        m.restore({"k": [orec("ok", T0, 1), bad]}, {})
+    with pytest.raises(InvalidTagError):
+        m.restore({"k": [orec("ok", T0, 1)]}, {"nonsense": "k"})
+    with pytest.raises(TypeError, match="tombstone key"):
+        m.restore({}, {f"{T0}:5:n": 7})  # type: ignore[dict-item]
+    assert m.all_keys() == []
+    assert m.tombstones == frozenset()

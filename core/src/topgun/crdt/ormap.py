@@ -228,6 +228,57 @@ class ORMap:
                 result.added.append(record)
         return result
 
+    def restore(
+        self,
+        records: Mapping[str, Iterable[ORMapRecord]],
+        tombstones: Mapping[str, str | None],
+    ) -> Timestamp | None:
+        """Load state this map's owner stored earlier (a storage snapshot) into the map.
+
+        `records` maps keys to their records; `tombstones` maps each tombstoned tag to the
+        key that held it (`None` when unknown), which is how a restarted map still lists a
+        key's tombstones in sync leaves and keeps dead keys in its trie. A record whose tag
+        is tombstoned is left out. Listeners are not called and the clock is not moved:
+        nothing changed, the map only learned what it had. Returns the newest timestamp
+        seen (records and tombstones), for the owner to fold into its clock, or `None`.
+        Everything is validated before anything changes.
+        """
+        offered = [
+            (key, record, or_record_string(_check_or_record(key, record)))
+            for key, key_records in records.items()
+            for record in key_records
+        ]
+        tags = [(tag, _parse_tag(tag), key) for tag, key in tombstones.items()]
+        for _, _, key in tags:
+            if key is not None and type(key) is not str:
+                raise TypeError(f"tombstone key must be a str or None, got {type(key).__name__}")
+        newest: Timestamp | None = None
+        for tag, timestamp, key in tags:
+            newest = timestamp if newest is None or timestamp > newest else newest
+            if tag not in self._tombstones:
+                self._tombstones[tag] = timestamp
+            if key is not None:
+                entry = self._entries.get(key)
+                if entry is None:
+                    entry = self._entries[key] = _Entry()
+                if entry.records.pop(tag, None) is not None:
+                    del entry.strings[tag]
+                entry.tombstones.add(tag)
+                self._tag_keys.setdefault(tag, set()).add(key)
+                self._merkle.touch(key)
+        for key, record, text in offered:
+            newest = record.timestamp if newest is None or record.timestamp > newest else newest
+            if record.tag in self._tombstones:
+                continue
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Entry()
+            entry.records[record.tag] = record
+            entry.strings[record.tag] = text
+            self._tag_keys.setdefault(record.tag, set()).add(key)
+            self._merkle.touch(key)
+        return newest
+
     def records(self, key: str) -> list[ORMapRecord]:
         """`key`'s non-tombstoned records (expired ones included), in UTF-16 tag order."""
         entry = self._entries.get(key)
