@@ -200,6 +200,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Larger inbound frames close the connection (1009)."""
     max_outbound_bytes: PositiveInt = 16 * MiB
     """A connection whose unsent output exceeds this is closed as a slow consumer (4003)."""
+    gc_age_ms: PositiveInt = 30 * 24 * 3600 * 1000
+    """Tombstones older than this may be pruned; a client last synced longer ago than this
+    must reset the map (`SYNC_RESET_REQUIRED` reason `GC_AGE`, PROTOCOL.md §6.7)."""
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     tls: TLSConfig = msgspec.field(default_factory=TLSConfig)
