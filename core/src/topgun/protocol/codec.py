@@ -94,7 +94,6 @@ class _Target:
     """How to finish decoding one struct class (a message type, or a body type)."""
 
     def __init__(self, public: type, variants: Variants) -> None:
-        self.public = public
         self.target: type = variants.target(public)
         self.tree: type = variants.shadow(public, Mode.TREE)
         self.per_op = variants.per_op_paths(public)
@@ -189,10 +188,10 @@ def _no_datetime(obj: Any) -> Any:
 
 
 def _has_datetime(tree: Any) -> bool:
-    """Whether a parsed frame holds a datetime, found in C by the json module's encoder."""
+    """Whether a parsed frame may hold a datetime, found in C by the json module's encoder."""
     try:
         json.dumps(tree, default=_no_datetime, skipkeys=True, check_circular=False)
-    except _DatetimeFound:
+    except (_DatetimeFound, RecursionError):
         return True
     return False
 
@@ -309,14 +308,14 @@ def _value_hook(decode: Callable[[Any], Any], max_depth: int, *, kind: str) -> A
             value = decode(obj)
             if len(obj) > max_depth or dates:
                 data = bytes(obj)
-                if dates and _has_timestamp_ext(data):
-                    value = _epoch_ms(value)
                 if (
                     len(data) > max_depth
                     and containers(data) > max_depth
                     and not _within_depth(value, max_depth)
                 ):
                     raise _Undecided
+                if dates and _has_timestamp_ext(data):
+                    value = _epoch_ms(value)
             return value
         if cls is Ext and obj.code == 0:
             return None  # J1: an optional field sent as JS undefined
@@ -588,11 +587,15 @@ class Codec:
         except ProtocolError as exc:
             op_id = raw.get("id") if raw.__class__ is dict else None
             where = f" at {exc.path}" if exc.path else ""
+            try:
+                received = _without_exts(raw)
+            except RecursionError:
+                raise _Undecided from None  # the exact parser bounds the nesting
             return InvalidOp(
                 index,
                 op_id if isinstance(op_id, str) else f"#{index}",
                 f"Invalid op: {exc.detail}{where}",
-                _without_exts(raw),
+                received,
             )
 
     # -- encoding --------------------------------------------------------------------------
