@@ -1,0 +1,208 @@
+"""The query planner: which rows of an `IndexedMap` a query needs to look at, and in what order.
+
+A plan narrows the rows to *candidates* with the map's indexes and then checks every
+candidate against the whole predicate, so it is always correct:
+
+- `and` intersects what its children's indexes give (a compound index answers several `eq`
+  children at once); children no index helps with are still applied, by the final check.
+- `or` unions its children's candidates, and needs every child to be indexed (else: scan).
+- `not` and `neq` never narrow: their answer includes rows that indexes do not hold (absent
+  attributes, maps), so they are always evaluated row by row, exactly.
+- With nothing to narrow, a query whose single sort field has a sorted index walks that index
+  in order and stops once its page is full; otherwise every row is scanned.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from topgun.query.indexes import HashIndex, IndexedMap, InvertedIndex, SortedIndex
+from topgun.query.predicates import (
+    And,
+    Compare,
+    Contains,
+    Like,
+    Match,
+    MatchPhrase,
+    MatchPrefix,
+    Or,
+    Predicate,
+)
+from topgun.query.sort import KEY_FIELD, OrderKey
+
+if TYPE_CHECKING:
+    from topgun.query.compiled import CompiledQuery
+
+__all__ = ["Plan", "plan"]
+
+Row = tuple[OrderKey, str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How a query reads an `IndexedMap`: `keys` to check (None: every row), or an `ordered`
+    sorted index to walk; `steps` says which indexes were used, for `explain`."""
+
+    keys: set[str] | None
+    ordered: SortedIndex | None
+    descending: bool
+    steps: tuple[str, ...]
+
+    def describe(self) -> str:
+        if self.keys is not None:
+            return f"index lookup {' ∩ '.join(self.steps) or '(empty)'}: {len(self.keys)} rows"
+        if self.ordered is not None:
+            return f"ordered scan of sorted({self.ordered.field})"
+        return "full scan"
+
+    def _walk(self, query: CompiledQuery, rows: IndexedMap) -> Any:
+        if self.ordered is not None:
+            return ((key, rows.get(key)) for key in self.ordered.scan(descending=self.descending))
+        if self.keys is not None:
+            return ((key, rows.get(key)) for key in self.keys)
+        return rows.items()
+
+    def rows(
+        self, query: CompiledQuery, rows: IndexedMap, start_after: OrderKey | None
+    ) -> list[Row]:
+        """The rows `query` keeps after `start_after`, with order keys; an ordered walk stops
+        after `limit + 1` of them, the most a page needs."""
+        matches = query.predicate.matches
+        order_key = query.sort.order_key
+        need = query.limit + 1 if self.ordered is not None and query.limit is not None else None
+        found: list[Row] = []
+        for key, value in self._walk(query, rows):
+            if not matches(value):
+                continue
+            position = order_key(key, value)
+            if start_after is not None and position <= start_after:
+                continue
+            found.append((position, key, value))
+            if need is not None and len(found) >= need:
+                break
+        return found
+
+    def first_after(
+        self, query: CompiledQuery, rows: IndexedMap, after: OrderKey, exclude: str | None
+    ) -> Row | None:
+        """The first row `query` keeps whose position is after `after`, other than `exclude`."""
+        matches = query.predicate.matches
+        order_key = query.sort.order_key
+        best: Row | None = None
+        for key, value in self._walk(query, rows):
+            if key == exclude or not matches(value):
+                continue
+            position = order_key(key, value)
+            if position <= after:
+                continue
+            if self.ordered is not None:
+                return (position, key, value)
+            if best is None or position < best[0]:
+                best = (position, key, value)
+        return best
+
+
+def plan(query: CompiledQuery, rows: IndexedMap) -> Plan:
+    """Choose how to run `query` over `rows` (see the module docstring)."""
+    steps: list[str] = []
+    keys = _candidates(query.predicate, rows, steps)
+    ordered = None
+    first = query.sort.first
+    if keys is None and len(query.sort.fields) == 1 and first.field != KEY_FIELD:
+        ordered = cast(SortedIndex | None, rows.index("sorted", first.field))
+    return Plan(
+        keys=None if keys is None else set(keys),
+        ordered=ordered,
+        descending=first.descending,
+        steps=tuple(steps),
+    )
+
+
+def _intersect(sets: list[set[str]]) -> set[str]:
+    sets.sort(key=len)
+    return sets[0].intersection(*sets[1:]) if len(sets) > 1 else sets[0]
+
+
+def _candidates(predicate: Predicate, rows: IndexedMap, steps: list[str]) -> set[str] | None:
+    """A superset of the keys `predicate` matches, from indexes; None when no index helps."""
+    if isinstance(predicate, And):
+        sets = [
+            s
+            for s in (_candidates(child, rows, steps) for child in predicate.children)
+            if s is not None
+        ]
+        equal = {
+            c.attribute: c.value
+            for c in reversed(predicate.children)
+            if isinstance(c, Compare) and c.op == "eq"
+        }
+        for compound in rows.compound_indexes():
+            if all(f in equal for f in compound.fields):
+                steps.append(f"compound({','.join(compound.fields)})")
+                sets.append(compound.equal(tuple(equal[f] for f in compound.fields)))
+        return _intersect(sets) if sets else None
+    if isinstance(predicate, Or):
+        parts = []
+        for child in predicate.children:
+            found = _candidates(child, rows, steps)
+            if found is None:
+                return None
+            parts.append(found)
+        return set().union(*parts)
+    if isinstance(predicate, Compare):
+        return _compare(predicate, rows, steps)
+    if isinstance(predicate, Contains | Like | Match | MatchPhrase | MatchPrefix):
+        index = cast(InvertedIndex | None, rows.index("inverted", predicate.attribute))
+        if index is None:
+            rows.missed("inverted", predicate.attribute)
+            return None
+        steps.append(f"inverted({predicate.attribute})")
+        return _text(predicate, index)
+    return None  # not, regex: evaluated row by row
+
+
+def _compare(predicate: Compare, rows: IndexedMap, steps: list[str]) -> set[str] | None:
+    name = predicate.attribute
+    if predicate.op == "neq":
+        return None
+    if predicate.op == "eq":
+        hashed = cast(HashIndex | None, rows.index("hash", name))
+        if hashed is not None:
+            steps.append(f"hash({name})")
+            return hashed.equal(predicate.value)
+    ranged = cast(SortedIndex | None, rows.index("sorted", name))
+    if ranged is not None:
+        steps.append(f"sorted({name})")
+        if predicate.op == "eq":
+            return ranged.equal(predicate.value)
+        return ranged.compare(predicate.op, predicate.value)
+    if predicate.op == "eq":
+        if not any(name in c.fields for c in rows.compound_indexes()):
+            rows.missed("hash", name)
+    else:
+        rows.missed("sorted", name)
+    return None
+
+
+_WILDCARDS = re.compile("[%_]")
+
+
+def _text(
+    predicate: Contains | Like | Match | MatchPhrase | MatchPrefix, index: InvertedIndex
+) -> set[str]:
+    if isinstance(predicate, Contains):
+        if predicate.mode == "any":
+            return set().union(*(index.containing(n) for n in predicate.needles))
+        return _intersect(
+            [index.containing(n) for n in predicate.needles] or [index.containing("")]
+        )
+    if isinstance(predicate, Like):
+        runs = [run for run in _WILDCARDS.split(predicate.pattern.lower()) if len(run) >= 3]
+        return _intersect([index.containing(run) for run in runs] or [index.containing("")])
+    if isinstance(predicate, Match):
+        return index.with_terms(predicate.terms, every=predicate.require_all)
+    if isinstance(predicate, MatchPhrase):
+        return index.with_terms(predicate.terms, every=True)
+    return index.with_prefix(predicate.prefix)

@@ -1,0 +1,21 @@
+"""Full-text search: the analyzer, a BM25 index and rank fusion (PROTOCOL.md §5.7, §5.8).
+
+Pure: no I/O, no clock. The server keeps one index per map with full-text search enabled and
+updates it on every applied change.
+"""
+
+from topgun.search.tokenizer import (
+    ENGLISH_STOP_WORDS,
+    MAX_TOKEN_LENGTH,
+    MIN_TOKEN_LENGTH,
+    analyze,
+    stem,
+)
+
+__all__ = [
+    "ENGLISH_STOP_WORDS",
+    "MAX_TOKEN_LENGTH",
+    "MIN_TOKEN_LENGTH",
+    "analyze",
+    "stem",
+]
