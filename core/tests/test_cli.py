@@ -54,12 +54,6 @@ def test_version() -> None:
     assert __version__ in result.output
 
 
-def test_serve_is_a_clear_placeholder(pm: TopgunPluginManager) -> None:
-    result = CliRunner().invoke(build_cli(pm), ["serve"])
-    assert result.exit_code == 1
-    assert "not built yet" in result.stderr
-
-
 def test_plugins_without_installed_plugins(pm: TopgunPluginManager) -> None:
     result = CliRunner().invoke(build_cli(pm), ["plugins"])
     assert result.exit_code == 0

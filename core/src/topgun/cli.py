@@ -22,6 +22,7 @@ from topgun.hooks import (
     hookimpl,
     make_plugin_manager,
 )
+from topgun.server.serve import serve
 
 
 def build_cli(pm: TopgunPluginManager) -> click.Group:
@@ -36,17 +37,6 @@ def build_cli(pm: TopgunPluginManager) -> click.Group:
 
     call_hook_sync(pm.hook.register_commands, cli=cli)
     return cli
-
-
-@click.command()
-def serve() -> None:
-    """Start the server (arrives with the single-node server issue)."""
-    click.echo(
-        "topgun serve: the server is not built yet (it lands with the single-node server "
-        "issue). This build holds the CRDT core, the wire protocol and the plugin system.",
-        err=True,
-    )
-    raise SystemExit(1)
 
 
 @click.command()

@@ -48,6 +48,7 @@ ENTRY_POINT_GROUP = "topgun"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "topgun.cli",
     "topgun.server.security",
+    "topgun.server.websocket",
     "topgun.storage.memory",
     "topgun.storage.sqlite",
 )

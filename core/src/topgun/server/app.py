@@ -1,0 +1,45 @@
+"""The server's ASGI application: operations endpoints, plus what plugins register.
+
+`create_app(server)` builds a Quart app with `/health`, `/ready` and `/metrics`, then calls
+the `register_routes` hook, through which the built-in WebSocket transport
+(`topgun.server.websocket`) and plugins add their endpoints. The app is plain ASGI: any
+ASGI server can host it (`topgun serve` uses Hypercorn, or uvicorn).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client.exposition import choose_encoder
+from quart import Quart, Response, request
+
+from topgun.hooks import call_hook_sync
+
+if TYPE_CHECKING:
+    from topgun.server.server import Server
+
+
+def create_app(server: Server) -> Quart:
+    """The ASGI app serving `server`: its WebSocket, operations endpoints and plugin routes."""
+    app = Quart("topgun", static_folder=None)
+
+    @app.get("/health")
+    async def health() -> Response:
+        """200 while the process answers: a liveness probe."""
+        return Response('{"status": "ok"}', content_type="application/json")
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        """200 once every map is loaded and connections are accepted, else 503."""
+        if server.ready:
+            return Response('{"ready": true}', content_type="application/json")
+        return Response('{"ready": false}', status=503, content_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """The server's metrics: Prometheus text, or OpenMetrics when the scraper asks."""
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return Response(encode(server.metrics.registry), content_type=content_type)
+
+    call_hook_sync(server.pm.hook.register_routes, app=app, server=server)
+    return app
