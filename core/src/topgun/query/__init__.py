@@ -27,6 +27,7 @@ from topgun.query.indexes import (
     InvertedIndex,
     SortedIndex,
 )
+from topgun.query.live import LiveQueries, WindowChange
 from topgun.query.planner import Plan, plan
 from topgun.query.predicates import Predicate, compile_predicate, compile_where
 from topgun.query.sort import SortSpec
@@ -45,12 +46,14 @@ __all__ = [
     "IndexSpec",
     "IndexedMap",
     "InvertedIndex",
+    "LiveQueries",
     "Plan",
     "Predicate",
     "QueryError",
     "QueryResult",
     "SortSpec",
     "SortedIndex",
+    "WindowChange",
     "canonical_json",
     "check_cursor",
     "compile_predicate",
