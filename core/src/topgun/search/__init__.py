@@ -4,6 +4,14 @@ Pure: no I/O, no clock. The server keeps one index per map with full-text search
 updates it on every applied change.
 """
 
+from topgun.search.bm25 import (
+    DEFAULT_MAX_RESULTS,
+    BM25Index,
+    SearchError,
+    SearchHit,
+    SearchResult,
+)
+from topgun.search.fusion import RRF_K, reciprocal_rank_fusion
 from topgun.search.tokenizer import (
     ENGLISH_STOP_WORDS,
     MAX_TOKEN_LENGTH,
@@ -13,9 +21,16 @@ from topgun.search.tokenizer import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_RESULTS",
     "ENGLISH_STOP_WORDS",
     "MAX_TOKEN_LENGTH",
     "MIN_TOKEN_LENGTH",
+    "RRF_K",
+    "BM25Index",
+    "SearchError",
+    "SearchHit",
+    "SearchResult",
     "analyze",
+    "reciprocal_rank_fusion",
     "stem",
 ]
