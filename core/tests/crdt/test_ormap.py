@@ -367,3 +367,14 @@ def test_restore_validates_everything_before_changing_anything(clock: Any) -> No
         m.restore({}, {f"{T0}:5:n": 7})  # type: ignore[dict-item]
     assert m.all_keys() == []
     assert m.tombstones == frozenset()
+
+
+def test_keys_holding_names_the_keys_with_a_live_record_of_the_tag(clock: Any) -> None:
+    m = new_map(clock)
+    record = orec("v", T0, 0)
+    assert m.keys_holding(record.tag) == []
+    m.apply("a", record)
+    m.apply("b", record)
+    assert m.keys_holding(record.tag) == ["a", "b"]
+    m.apply_tombstone(record.tag)
+    assert m.keys_holding(record.tag) == []

@@ -1,13 +1,16 @@
-"""Shared fixtures for the server tests: JWT keys, token minting, principals."""
+"""Shared fixtures for the server tests: JWT keys, token minting, principals, and a running
+`Server` driven through in-memory connections (`harness`, `running`, `server_config`)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import jwt
 import msgspec
 import pytest
@@ -15,6 +18,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from topgun.hooks import make_plugin_manager
+from topgun.protocol import Auth, AuthAck, AuthRequired
+from topgun.server import (
+    AuthConfig,
+    InMemoryClient,
+    Secret,
+    Server,
+    ServerConfig,
+    StorageConfig,
+)
 
 SECRET = "test-secret-" + "0123456789abcdef" * 4
 """An HMAC secret long enough for `JWTVerifier` and for minting HS384/HS512 tokens."""
@@ -141,3 +155,107 @@ class User:
 def user() -> Callable[..., User]:
     """`user(user_id="alice", roles=("USER",))`: a principal."""
     return User
+
+
+# --- a running Server, driven through in-memory connections ------------------------------
+
+
+class ManualClock:
+    """An injectable wall clock (`clock() -> int` ms) that moves only when a test says so."""
+
+    def __init__(self, now: int = NOW_MS) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+class Harness:
+    """A started `Server` plus what tests need to talk to it.
+
+    `connect()` opens an in-memory connection; `login(roles=...)` opens one and
+    authenticates it (AUTH_REQUIRED and AUTH_ACK consumed). Every connection opened here is
+    disconnected when the harness stops.
+    """
+
+    def __init__(
+        self, server: Server, task_group: anyio.abc.TaskGroup, clock: ManualClock, tokens: Tokens
+    ) -> None:
+        self.server = server
+        self.task_group = task_group
+        self.clock = clock
+        self.tokens = tokens
+        self.stack = contextlib.AsyncExitStack()
+
+    async def connect(self) -> InMemoryClient:
+        return await self.stack.enter_async_context(
+            InMemoryClient.connect(self.server, self.task_group)
+        )
+
+    def token(self, roles: Sequence[str] | None = ("ADMIN",), **claims: Any) -> str:
+        if roles is not None:
+            claims["roles"] = list(roles)
+        return self.tokens.hs256(**claims)
+
+    async def login(
+        self, roles: Sequence[str] | None = ("ADMIN",), **claims: Any
+    ) -> InMemoryClient:
+        client = await self.connect()
+        assert isinstance(await client.receive(), AuthRequired)
+        await client.send(Auth(token=self.token(roles, **claims)))
+        assert isinstance(await client.receive(), AuthAck)
+        return client
+
+
+def server_config(tmp_path: Path, **overrides: Any) -> ServerConfig:
+    """A test configuration: memory storage, the test secret, any `ServerConfig` field."""
+    overrides.setdefault("storage", StorageConfig(backend="memory"))
+    overrides.setdefault("auth", AuthConfig(jwt_secret=Secret(SECRET)))
+    overrides.setdefault("node_id", "server-1")
+    return ServerConfig(data_dir=tmp_path / "data", **overrides)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    config: Any, clock: ManualClock, tokens: Tokens, pm: Any = None
+) -> AsyncIterator[Harness]:
+    """Start a `Server` on `config` with `clock`; stop it (gracefully) on leaving."""
+    if pm is None:
+        pm = make_plugin_manager(entry_points=(), environ={})
+    async with (
+        anyio.create_task_group() as task_group,
+        Server(config, pm=pm, clock=clock) as server,
+    ):
+        harness = Harness(server, task_group, clock, tokens)
+        async with harness.stack:
+            yield harness
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, clock: ManualClock, tokens: Tokens) -> AsyncIterator[Harness]:
+    """A running server with the default test configuration (memory storage)."""
+    async with running(server_config(tmp_path), clock, tokens) as started:
+        yield started
+
+
+@pytest.fixture
+def start(
+    tmp_path: Path, clock: ManualClock, tokens: Tokens
+) -> Callable[..., contextlib.AbstractAsyncContextManager[Harness]]:
+    """`async with start(pm=None, **config) as h:` a server whose configuration overrides
+    the test defaults (`server_config`) with `config`."""
+
+    def starter(
+        pm: Any = None, **overrides: Any
+    ) -> contextlib.AbstractAsyncContextManager[Harness]:
+        return running(server_config(tmp_path, **overrides), clock, tokens, pm)
+
+    return starter

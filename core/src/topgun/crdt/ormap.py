@@ -304,6 +304,10 @@ class ORMap:
         """Every key the map holds state for: live keys and dead keys (only tombstones)."""
         return list(self._entries)
 
+    def keys_holding(self, tag: str) -> list[str]:
+        """The keys holding a non-tombstoned record tagged `tag` (sorted; normally 0 or 1)."""
+        return sorted(k for k in self._tag_keys.get(tag, ()) if tag in self._entries[k].records)
+
     def tombstones_of(self, key: str) -> list[str]:
         """Tombstoned tags that belonged to `key` (what a sync leaf sends with it), sorted."""
         entry = self._entries.get(key)

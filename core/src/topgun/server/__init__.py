@@ -1,6 +1,5 @@
-"""The topgun server: configuration, authentication and authorization so far.
-
-Sessions, handlers and the ASGI app build on these modules.
+"""The topgun server: configuration, authentication and authorization, and the
+transport-free core (`Server`: sessions, writes, events, Merkle sync, storage).
 """
 
 from topgun.server.auth import (
@@ -30,6 +29,8 @@ from topgun.server.config import (
     read_config,
     validate_config,
 )
+from topgun.server.inmemory import ConnectionClosed, InMemoryClient, InMemoryTransport
+from topgun.server.metrics import ServerMetrics
 from topgun.server.permissions import (
     ADMIN_ROLE,
     ALL_FIELDS,
@@ -43,6 +44,9 @@ from topgun.server.permissions import (
     Withheld,
 )
 from topgun.server.security import Security
+from topgun.server.server import Server
+from topgun.server.session import Session
+from topgun.server.transport import Transport
 
 __all__ = [
     "ADMIN_ROLE",
@@ -58,19 +62,26 @@ __all__ = [
     "CoalescingConfig",
     "ConfigError",
     "ConfigWarning",
+    "ConnectionClosed",
     "ConnectionLimits",
     "FieldFilter",
     "HLCConfig",
+    "InMemoryClient",
+    "InMemoryTransport",
     "JWTVerifier",
     "KeyConfigError",
     "Policy",
     "PolicySet",
     "Secret",
     "Security",
+    "Server",
     "ServerConfig",
+    "ServerMetrics",
+    "Session",
     "StorageConfig",
     "TLSConfig",
     "TokenPrincipal",
+    "Transport",
     "Withheld",
     "config_options",
     "config_sections",

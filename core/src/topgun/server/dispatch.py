@@ -1,0 +1,209 @@
+"""Which handler answers each message an authenticated client sends: THE dispatch table.
+
+Every client message type has exactly one entry in `HANDLERS`. Types that later features
+implement (topics, locks, counters, search, journal, processors, resolvers, partition map)
+are answered `ERROR 501` until then; those features replace their entries here, not code
+paths elsewhere. Also here: the handlers of the connection-level messages and of writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from topgun.protocol import (
+    CLIENT_MESSAGE_TYPES,
+    Auth,
+    ClientOpMessage,
+    HybridQuerySubscribe,
+    HybridQueryUnsubscribe,
+    MerkleReqBucket,
+    Message,
+    OpAck,
+    OpAckPayload,
+    OpBatch,
+    OpRejected,
+    OpRejectedPayload,
+    OpResult,
+    ORMapDiffRequest,
+    ORMapMerkleReqBucket,
+    ORMapPushDiff,
+    ORMapSyncInit,
+    Ping,
+    QuerySub,
+    QueryUnsub,
+    SyncInit,
+)
+from topgun.server.queries import query_sub, query_unsub
+from topgun.server.sync import (
+    merkle_req_bucket,
+    ormap_diff_request,
+    ormap_merkle_req_bucket,
+    ormap_push_diff,
+    ormap_sync_init,
+    sync_init,
+)
+from topgun.server.writes import (
+    DEFAULT_WRITE_CONCERN,
+    WriteContext,
+    WriteRequest,
+    achieved_level,
+    last_id,
+)
+
+if TYPE_CHECKING:
+    from topgun.server.session import Session
+
+Handler = Callable[["Session", Any], Awaitable[None]]
+"""`handler(session, message)`: answers one decoded message of an authenticated session."""
+
+_CORRELATION_FIELDS: Final = ("query_id", "request_id", "subscription_id")
+
+
+def _correlation(message: Any) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for holder in (message, getattr(message, "payload", None)):
+        for name in _CORRELATION_FIELDS:
+            value = getattr(holder, name, None)
+            if isinstance(value, str):
+                camel = name.split("_")[0] + "".join(p.title() for p in name.split("_")[1:])
+                found[camel] = value
+    return found
+
+
+def not_supported(type_name: str) -> Handler:
+    """A handler answering `ERROR 501 "<TYPE> is not supported by this server yet"`."""
+
+    async def answer(session: Session, message: Any) -> None:
+        session.send_error(
+            501,
+            f"{type_name} is not supported by this server yet",
+            {"type": type_name, **_correlation(message)},
+        )
+
+    return answer
+
+
+async def ignore(session: Session, message: Any) -> None:
+    """Nothing to do (a repeated `AUTH`: the principal of an open socket never changes)."""
+
+
+async def ping(session: Session, message: Ping) -> None:
+    """`PING` → `PONG`."""
+    session.pong(message)
+
+
+async def hybrid_query_subscribe(session: Session, message: HybridQuerySubscribe) -> None:
+    """Hybrid queries are not implemented yet: the reply §5.8 prescribes for that case."""
+    session.send_error(
+        501,
+        "Hybrid queries not supported",
+        {"subscriptionId": message.payload.subscription_id},
+    )
+
+
+def _rejections(session: Session, request: WriteRequest, results: list[OpResult]) -> None:
+    for state, result in zip(request.ops, results, strict=True):
+        if not result.success:
+            session.send(
+                OpRejected(
+                    payload=OpRejectedPayload(
+                        op_id=result.op_id, reason=result.error or "", code=state.code
+                    )
+                )
+            )
+
+
+async def op_batch(session: Session, message: OpBatch) -> None:
+    """`OP_BATCH`: apply every op; one `OP_ACK` (one result per op), `OP_REJECTED` per
+    failed op, sent in `OP_BATCH` order even when some wait for their write concern."""
+    server = session.server
+    batch = message.payload
+    principal = session.principal
+    assert principal is not None
+    context = WriteContext(principal, session)
+    request = await server.writes.apply(
+        batch.ops,
+        context,
+        origin=session,
+        write_concern=batch.write_concern,
+        timeout=batch.timeout,
+    )
+    default = batch.write_concern or DEFAULT_WRITE_CONCERN
+
+    def send(results: list[OpResult]) -> None:
+        session.send(
+            OpAck(
+                payload=OpAckPayload(
+                    last_id=last_id(request),
+                    achieved_level=achieved_level(results, default),
+                    results=results,
+                )
+            )
+        )
+        _rejections(session, request, results)
+        server.metrics.op_latency.labels("OP_BATCH").observe(
+            anyio.current_time() - request.received_at
+        )
+
+    await session.acknowledge(
+        lambda: server.writes.settle(request, context), send, waits=request.waits
+    )
+
+
+async def client_op(session: Session, message: ClientOpMessage) -> None:
+    """`CLIENT_OP`: one op through the same pipeline; `OP_ACK` on success, else only
+    `OP_REJECTED`."""
+    server = session.server
+    principal = session.principal
+    assert principal is not None
+    context = WriteContext(principal, session)
+    request = await server.writes.apply([message.payload], context, origin=session)
+
+    def send(results: list[OpResult]) -> None:
+        (result,) = results
+        if result.success:
+            session.send(
+                OpAck(
+                    payload=OpAckPayload(
+                        last_id=last_id(request),
+                        achieved_level=result.achieved_level,
+                        results=results,
+                    )
+                )
+            )
+        else:
+            _rejections(session, request, results)
+        server.metrics.op_latency.labels("CLIENT_OP").observe(
+            anyio.current_time() - request.received_at
+        )
+
+    await session.acknowledge(
+        lambda: server.writes.settle(request, context), send, waits=request.waits
+    )
+
+
+_IMPLEMENTED: Final[dict[type[Message], Handler]] = {
+    Auth: ignore,
+    Ping: ping,
+    OpBatch: op_batch,
+    ClientOpMessage: client_op,
+    SyncInit: sync_init,
+    MerkleReqBucket: merkle_req_bucket,
+    ORMapSyncInit: ormap_sync_init,
+    ORMapMerkleReqBucket: ormap_merkle_req_bucket,
+    ORMapDiffRequest: ormap_diff_request,
+    ORMapPushDiff: ormap_push_diff,
+    QuerySub: query_sub,
+    QueryUnsub: query_unsub,
+    HybridQuerySubscribe: hybrid_query_subscribe,
+    HybridQueryUnsubscribe: ignore,
+}
+
+HANDLERS: Final[dict[type[Message], Handler]] = {
+    cls: _IMPLEMENTED.get(cls) or not_supported(type_name)
+    for type_name, cls in CLIENT_MESSAGE_TYPES.items()
+}
+"""Client message class -> its handler, for every client message type."""

@@ -1,0 +1,135 @@
+"""Delivering changes to subscribers as `SERVER_EVENT` / `SERVER_BATCH_EVENT` (PROTOCOL.md §6.2).
+
+The changes of one request go to each recipient as one message: `SERVER_EVENT` for one
+change, `SERVER_BATCH_EVENT` for more, with the server's `hlc.now()` as the top-level
+`timestamp`. Recipients are the authenticated sessions holding a subscription on the
+changed map, other than the one that made the change, and only if they may READ the map;
+every value is filtered by the recipient's field-level security, and an event whose value is
+withheld is not sent to that recipient at all. Recipients that see the same events share
+one encoded frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from topgun.crdt import HLC
+from topgun.hooks import Principal
+from topgun.protocol import (
+    EventPayload,
+    ServerBatchEvent,
+    ServerBatchEventPayload,
+    ServerEvent,
+)
+from topgun.server.permissions import WITHHELD, FieldFilter
+from topgun.server.subscriptions import SubscriptionRegistry
+
+
+class Recipient(Hashable, Protocol):
+    """What event routing needs of a session."""
+
+    @property
+    def principal(self) -> Principal | None:
+        """`None` until the session authenticated."""
+
+    @property
+    def is_open(self) -> bool:
+        """False once the session is closing or closed."""
+
+    def send_frame(self, frame: bytes, message_type: str) -> None:
+        """Queue an encoded non-urgent message for the client."""
+
+
+def filtered_event(event: EventPayload, fields: FieldFilter) -> EventPayload | None:
+    """`event` as a recipient with `fields` may see it; `None` if it must not be sent."""
+    if not fields.readable:
+        return None
+    if fields.fields is None:
+        return event
+    if event.record is not None and event.record.value is not None:
+        value = fields.apply(event.record.value)
+        if value is WITHHELD:
+            return None
+        return msgspec.structs.replace(
+            event, record=msgspec.structs.replace(event.record, value=value)
+        )
+    if event.or_record is not None:
+        value = fields.apply(event.or_record.value)
+        if value is WITHHELD:
+            return None
+        return msgspec.structs.replace(
+            event, or_record=msgspec.structs.replace(event.or_record, value=value)
+        )
+    return event
+
+
+class EventRouter:
+    """Sends each request's changes to the sessions subscribed to the changed maps."""
+
+    def __init__(
+        self,
+        subscriptions: SubscriptionRegistry[Recipient],
+        *,
+        hlc: HLC,
+        field_filter: Callable[[Principal, str], FieldFilter],
+        encode: Callable[[msgspec.Struct], bytes],
+    ) -> None:
+        self.subscriptions = subscriptions
+        self.hlc = hlc
+        self.field_filter = field_filter
+        self.encode = encode
+
+    def deliver(self, events: Sequence[EventPayload], origin: Recipient | None) -> int:
+        """Send `events` (the changes of one request, in order) to their recipients.
+
+        `origin` is the session that made them (it gets none of them back). Returns how
+        many sessions received a message.
+        """
+        if not events:
+            return 0
+        # Per map: the recipients and what they may see of it.
+        audiences: dict[str, list[tuple[Recipient, FieldFilter]]] = {}
+        for event in events:
+            if event.map_name in audiences:
+                continue
+            audience = audiences[event.map_name] = []
+            for session in self.subscriptions.sessions_on(event.map_name):
+                principal = session.principal
+                if session is origin or principal is None or not session.is_open:
+                    continue
+                fields = self.field_filter(principal, event.map_name)
+                if fields.readable:
+                    audience.append((session, fields))
+        inbox: dict[Recipient, list[EventPayload]] = {}
+        shown: dict[tuple[int, FieldFilter], EventPayload | None] = {}
+        for index, event in enumerate(events):
+            for session, fields in audiences[event.map_name]:
+                key = (index, fields)
+                if key not in shown:
+                    shown[key] = filtered_event(event, fields)
+                visible = shown[key]
+                if visible is not None:
+                    inbox.setdefault(session, []).append(visible)
+        if not inbox:
+            return 0
+        timestamp = self.hlc.now()
+        frames: dict[tuple[int, ...], tuple[bytes, str]] = {}
+        for session, received in inbox.items():
+            identity = tuple(map(id, received))
+            frame = frames.get(identity)
+            if frame is None:
+                message: ServerEvent | ServerBatchEvent
+                if len(received) == 1:
+                    message = ServerEvent(payload=received[0], timestamp=timestamp)
+                    frame = (self.encode(message), "SERVER_EVENT")
+                else:
+                    message = ServerBatchEvent(
+                        payload=ServerBatchEventPayload(events=received), timestamp=timestamp
+                    )
+                    frame = (self.encode(message), "SERVER_BATCH_EVENT")
+                frames[identity] = frame
+            session.send_frame(*frame)
+        return len(inbox)

@@ -1,0 +1,280 @@
+"""The server's maps: one LWW map or OR-Map per name, sharing the server's clock.
+
+A map's kind is fixed by the first write that creates it (or by what storage holds). Every
+change goes through this registry while a `Recording` is open, which turns it into the
+storage change that persists it and the event payload that announces it, so no write path
+can change a map without persisting and announcing the change. `persist` hands a
+recording's changes to the storage writer and remembers, per key, the commit that holds the
+key's latest state: an op that changed nothing (a replay) asking for `PERSISTED` waits for
+that commit rather than reporting a state that is not on disk yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
+
+from topgun.crdt import (
+    HLC,
+    LWWListener,
+    LWWMap,
+    LWWRecord,
+    ORMap,
+    ORMapListener,
+    ORMapRecord,
+    Timestamp,
+)
+from topgun.protocol import EventPayload
+from topgun.storage import (
+    AddORRecord,
+    Change,
+    Commit,
+    LWWSnapshot,
+    MapKind,
+    PutRecord,
+    RemoveORTag,
+    StorageBackend,
+    StorageWriter,
+)
+
+logger = logging.getLogger(__name__)
+
+PRUNE_HORIZON_NAMESPACE: Final = "prune_horizon"
+"""Meta-area namespace: map name -> the `olderThan` of the latest GC that pruned it."""
+
+_PENDING_SWEEP_AT: Final = 4096
+"""Forget committed entries of the per-key commit table once it holds this many."""
+
+
+class MapKindMismatch(Exception):
+    """A write of one map kind named a map of the other kind ("Map type mismatch")."""
+
+    def __init__(self, name: str, kind: MapKind) -> None:
+        super().__init__("Map type mismatch")
+        self.name = name
+        self.kind = kind
+
+
+@dataclass(slots=True)
+class Recording:
+    """What the changes made while it was open amount to: events and storage changes."""
+
+    events: list[EventPayload] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    keys: set[tuple[str, str]] = field(default_factory=set)
+    """(map, key) of every key whose stored state changed."""
+
+
+class MapRegistry:
+    """Every map of one server, by name, with the server's clock `hlc`."""
+
+    def __init__(self, hlc: HLC) -> None:
+        self.hlc = hlc
+        self.writer: StorageWriter | None = None
+        """Set by the server once storage is open; changes are persisted through it."""
+        self._lww: dict[str, LWWMap] = {}
+        self._or: dict[str, ORMap] = {}
+        self._prune_horizons: dict[str, Timestamp] = {}
+        self._recording: Recording | None = None
+        self._pending: dict[tuple[str, str], Commit] = {}
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def kind(self, name: str) -> MapKind | None:
+        """The kind of map `name`, or `None` if there is no such map."""
+        if name in self._lww:
+            return "lww"
+        if name in self._or:
+            return "ormap"
+        return None
+
+    def lww(self, name: str) -> LWWMap | None:
+        """The LWW map `name`, if it exists and is one."""
+        return self._lww.get(name)
+
+    def ormap(self, name: str) -> ORMap | None:
+        """The OR-Map `name`, if it exists and is one."""
+        return self._or.get(name)
+
+    def names(self) -> list[str]:
+        """Every map's name, sorted."""
+        return sorted([*self._lww, *self._or])
+
+    def prune_horizon(self, name: str) -> Timestamp | None:
+        """The `olderThan` of the latest GC that pruned a tombstone of map `name`."""
+        return self._prune_horizons.get(name)
+
+    def check_kind(self, name: str, kind: MapKind) -> None:
+        """Raise `MapKindMismatch` if map `name` exists with the other kind."""
+        found = self.kind(name)
+        if found is not None and found != kind:
+            raise MapKindMismatch(name, found)
+
+    def _lww_for_write(self, name: str) -> LWWMap:
+        found = self._lww.get(name)
+        if found is None:
+            self.check_kind(name, "lww")
+            found = self._lww[name] = LWWMap(self.hlc)
+            found.on_change(self._lww_listener(name))
+        return found
+
+    def _or_for_write(self, name: str) -> ORMap:
+        found = self._or.get(name)
+        if found is None:
+            self.check_kind(name, "ormap")
+            found = self._or[name] = ORMap(self.hlc)
+            found.on_change(self._or_listener(name))
+        return found
+
+    # -- changes --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[Recording]:
+        """Collect the events and storage changes of every change made inside the block.
+
+        The block must not await: changes of other requests would land in this recording.
+        """
+        if self._recording is not None:
+            raise RuntimeError("a map recording is already open")
+        recording = self._recording = Recording()
+        try:
+            yield recording
+        finally:
+            self._recording = None
+
+    def _active(self) -> Recording:
+        if self._recording is None:
+            raise RuntimeError("maps change only inside MapRegistry.recording()")
+        return self._recording
+
+    def _lww_listener(self, name: str) -> LWWListener:
+        def changed(key: str, record: LWWRecord) -> None:
+            recording = self._active()
+            recording.changes.append(PutRecord(name, key, record))
+            recording.events.append(
+                EventPayload(
+                    map_name=name,
+                    event_type="PUT" if record.value is not None else "REMOVE",
+                    key=key,
+                    record=record,
+                )
+            )
+            recording.keys.add((name, key))
+
+        return changed
+
+    def _or_listener(self, name: str) -> ORMapListener:
+        def changed(key: str, tag: str, record: ORMapRecord | None) -> None:
+            recording = self._active()
+            if record is not None:
+                recording.changes.append(AddORRecord(name, key, record))
+                recording.events.append(
+                    EventPayload(map_name=name, event_type="OR_ADD", key=key, or_record=record)
+                )
+            else:
+                recording.changes.append(RemoveORTag(name, tag, key))
+                recording.events.append(
+                    EventPayload(map_name=name, event_type="OR_REMOVE", key=key, or_tag=tag)
+                )
+            recording.keys.add((name, key))
+
+        return changed
+
+    def merge_lww(self, name: str, key: str, record: LWWRecord) -> bool:
+        """LWW-merge `record` into map `name` (created if new); True if it was applied.
+
+        Raises `MapKindMismatch`, `ClockDriftError` (strict clock) or `ValueError` for a
+        malformed record, before anything changes.
+        """
+        self._active()
+        return self._lww_for_write(name).merge(key, record)
+
+    def add_or(self, name: str, key: str, record: ORMapRecord) -> bool:
+        """Add `record` to OR-Map `name` (created if new) unless its tag is tombstoned or
+        already there; True if added."""
+        self._active()
+        return self._or_for_write(name).apply(key, record)
+
+    def tombstone_or(self, name: str, tag: str, key: str) -> bool:
+        """Tombstone `tag` in OR-Map `name` (created if new); True if newly tombstoned.
+
+        `key` is the key the writer names: it announces the removal of a tag that no key
+        held here (the tag is still stored as tombstoned, without a key).
+        """
+        recording = self._active()
+        ormap = self._or_for_write(name)
+        before = len(recording.changes)
+        if not ormap.apply_tombstone(tag):
+            return False
+        if len(recording.changes) == before:  # no key held it: nothing was announced
+            recording.changes.append(RemoveORTag(name, tag, None))
+            recording.events.append(
+                EventPayload(map_name=name, event_type="OR_REMOVE", key=key, or_tag=tag)
+            )
+            recording.keys.add((name, key))
+        return True
+
+    def is_tombstoned(self, name: str, tag: str) -> bool:
+        """Whether `tag` is tombstoned in OR-Map `name`."""
+        ormap = self._or.get(name)
+        return ormap is not None and ormap.is_tombstoned(tag)
+
+    def holds_live_tag(self, name: str, tag: str) -> bool:
+        """Whether some key of OR-Map `name` holds a record tagged `tag`."""
+        ormap = self._or.get(name)
+        return ormap is not None and bool(ormap.keys_holding(tag))
+
+    # -- storage --------------------------------------------------------------------------
+
+    async def load(self, backend: StorageBackend) -> int:
+        """Load every stored map and the prune horizons; returns how many maps were loaded.
+
+        The clock absorbs the newest stored timestamp of each map, so everything the server
+        stamps from now on sorts after what it stored before.
+        """
+        infos = await backend.list_maps()
+        for info in infos:
+            snapshot = await backend.load_map(info.name)
+            if snapshot is None:
+                continue
+            if isinstance(snapshot, LWWSnapshot):
+                lww = self._lww_for_write(info.name)
+                lww.merge_many(list(snapshot.records.items()))
+            else:
+                ormap = self._or_for_write(info.name)
+                newest = ormap.restore(snapshot.records, snapshot.tombstones)
+                if newest is not None:
+                    self.hlc.update(newest)
+        for name, raw in (await backend.load_meta(PRUNE_HORIZON_NAMESPACE)).items():
+            self._prune_horizons[name] = msgspec.msgpack.decode(raw, type=Timestamp)
+        return len(infos)
+
+    async def persist(self, recording: Recording) -> Commit | None:
+        """Submit the recording's storage changes; the `Commit` to await for PERSISTED.
+
+        `None` when it changed nothing. Raises what `StorageWriter.submit` raises.
+        """
+        if not recording.changes:
+            return None
+        if self.writer is None:
+            raise RuntimeError("storage is not open")
+        commit = await self.writer.submit(recording.changes)
+        pending = self._pending
+        if len(pending) >= _PENDING_SWEEP_AT:
+            for done in [k for k, c in pending.items() if c.done and c.error is None]:
+                del pending[done]
+        for key in recording.keys:
+            pending[key] = commit
+        return commit
+
+    def pending_commit(self, name: str, key: str) -> Commit | None:
+        """The commit holding the latest state of (`name`, `key`), unless it committed."""
+        commit = self._pending.get((name, key))
+        if commit is None or (commit.done and commit.error is None):
+            return None
+        return commit
