@@ -277,6 +277,9 @@ def test_ext0_predicate_value_is_absent_not_nil() -> None:
         (pack("12"), None),  # lax mode would make this 12
         (pack(True), None),  # bool is not an integer (J3)
         (pack("null"), None),  # lax mode would make this None
+        (pack(2**53 - 1), 2**53 - 1),  # the largest JS safe integer
+        (pack(2**53), None),  # beyond it: protocol integers are < 2^53 (J3)
+        (f64(2.0**53), None),
     ],
 )
 def test_integer_fields(value: bytes, accepted: int | None) -> None:

@@ -5,7 +5,8 @@ means "absent" (J1), an integer field may arrive as an integral float64 (J2), an
 `any` must not nest without bound. Lax mode would accept the floats, but it also turns `"12"` into
 12 and `1` into `True`, which the spec forbids. So the codec decodes in three steps:
 
-1. strict decoding into a *shadow* of the target type, where every `int` is `int | float`, every
+1. strict decoding into a *shadow* of the target type, where every `int` is `int | float` (within
+   ±(2^53-1), the range of protocol integers), every
    optional field also accepts an ext (ext 0 is nil there), every `any` value is kept raw
    (`msgspec.Raw`, decoded and depth-checked by the codec's hook) and a recursive type is
    unrolled to the nesting limit;
@@ -27,14 +28,20 @@ from enum import Enum
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgspec
-from msgspec import Raw, UnsetType
+from msgspec import Meta, Raw, UnsetType
 from msgspec.msgpack import Ext
 
 from topgun.protocol.writes import InvalidOp
 
-__all__ = ["Content", "Leaf", "Mode", "Variants"]
+__all__ = ["SAFE_INTEGER", "Content", "Leaf", "Mode", "Variants"]
 
 _NONE = type(None)
+_SAFE = 2**53 - 1
+SAFE_INTEGER = Union[  # noqa: UP007
+    Annotated[int, Meta(ge=-_SAFE, le=_SAFE)], Annotated[float, Meta(ge=-_SAFE, le=_SAFE)]
+]
+"""What the shadow of an `int` field accepts: a JS safe integer, possibly as a float64 (J2,
+J3: protocol integers are below 2^53, so that encoding them as float64 is exact)."""
 _SCALARS = (str, float, bool, bytes, _NONE, UnsetType)
 _SEQUENCES = (list, collections.abc.Sequence)
 
@@ -105,7 +112,7 @@ class Variants:
         if tp is Any:
             return Raw if mode is Mode.RAW else Content
         if tp is int:
-            return int | float
+            return SAFE_INTEGER
         if tp in _SCALARS:
             return tp
         origin = get_origin(tp)

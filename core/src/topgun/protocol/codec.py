@@ -568,6 +568,7 @@ class Codec:
         except msgspec.ValidationError as exc:
             text = str(exc)
             at = _AT.search(text)
+            # Speak of the public types: a shadow's `int | float` is an `int` field.
             detail = (text[: at.start()] if at else text).replace("int | float", "int")
             detail = detail.replace(" | ext", "")
             code = ErrorCode.TOO_DEEP if _TOO_DEEP in detail else ErrorCode.INVALID_FIELD
