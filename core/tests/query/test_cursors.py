@@ -155,8 +155,8 @@ def test_any_edit_of_a_cursor_is_judged_without_error(data: Any) -> None:
     i = data.draw(st.integers(0, len(cursor) - 1))
     replacement = data.draw(st.sampled_from("AaZz09-_+/=\u00e9"))
     result = check(cursor[:i] + replacement + cursor[i + 1 :])
-    assert result.status in ("valid", "invalid")
-    assert (result.position is None) is (result.status == "invalid")
+    assert result.status in ("valid", "invalid", "expired")  # an edited timestamp may be old
+    assert (result.position is None) is (result.status != "valid")
 
 
 @settings(max_examples=50, deadline=None)

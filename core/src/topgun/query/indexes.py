@@ -186,34 +186,43 @@ class SortedIndex(Index):
     def _right(self, bound: tuple[Any, ...]) -> int:
         return bisect.bisect_right(self._entries, bound, key=lambda e: e[0])
 
-    def _keys(self, lo: int, hi: int) -> set[str]:
+    def keys_between(self, lo: int, hi: int) -> set[str]:
+        """The keys of entries `lo` to `hi` (positions from `equal_span`/`compare_span`)."""
         return {key for _, key in self._entries[lo:hi]}
 
-    def equal(self, operand: Any) -> set[str]:
-        """Keys whose field sorts equal to `operand` (a superset of §7.1 equality)."""
+    def equal_span(self, operand: Any) -> tuple[int, int]:
+        """Entries whose field sorts equal to `operand` (a superset of §7.1 equality)."""
         k = sort_key(operand)
-        return self._keys(self._left(k), self._right(k))
+        return self._left(k), self._right(k)
 
-    def compare(self, op: str, operand: Any) -> set[str]:
-        """Keys whose field is `op` (`gt gte lt lte`) `operand`, exactly as §7.1 orders."""
+    def compare_span(self, op: str, operand: Any) -> tuple[int, int]:
+        """Entries whose field is `op` (`gt gte lt lte`) `operand`, exactly as §7.1 orders."""
         first: tuple[int, ...]
         end: tuple[int, ...]
         if isinstance(operand, str):
             first, end = _STRINGS_FROM, _OTHERS_FROM
         elif isinstance(operand, int | float) and not isinstance(operand, bool):
             if operand != operand:
-                return set()
+                return 0, 0
             first, end = _NUMBERS_FROM, _STRINGS_FROM
         else:
-            return set()
+            return 0, 0
         k = sort_key(operand)
         if op == "gt":
-            return self._keys(self._right(k), self._left(end))
+            return self._right(k), self._left(end)
         if op == "gte":
-            return self._keys(self._left(k), self._left(end))
+            return self._left(k), self._left(end)
         if op == "lt":
-            return self._keys(self._left(first), self._left(k))
-        return self._keys(self._left(first), self._right(k))
+            return self._left(first), self._left(k)
+        return self._left(first), self._right(k)
+
+    def equal(self, operand: Any) -> set[str]:
+        """Keys whose field sorts equal to `operand`."""
+        return self.keys_between(*self.equal_span(operand))
+
+    def compare(self, op: str, operand: Any) -> set[str]:
+        """Keys whose field is `op` `operand`."""
+        return self.keys_between(*self.compare_span(op, operand))
 
     def scan(self, *, descending: bool) -> Iterator[str]:
         """Keys in sort order of this field, ties by key ascending (in both directions)."""
@@ -275,6 +284,11 @@ class InvertedIndex(Index):
             _discard(self._terms, term, key)
             if term not in self._terms:
                 self._sorted_terms = None
+
+    @property
+    def strings(self) -> set[str]:
+        """Keys whose field is a string (the index's own set: do not modify)."""
+        return self._strings
 
     def containing(self, needle: str) -> set[str]:
         """Keys whose string may contain `needle` (already lowercased): a superset."""

@@ -3,8 +3,10 @@
 A plan narrows the rows to *candidates* with the map's indexes and then checks every
 candidate against the whole predicate, so it is always correct:
 
-- `and` intersects what its children's indexes give (a compound index answers several `eq`
-  children at once); children no index helps with are still applied, by the final check.
+- `and` starts from the smallest of its children's index lookups (a compound index answers
+  several `eq` children at once), sized before any is built, and intersects it with the
+  lookups that already exist as sets (hash buckets, postings); every other child is applied
+  by the final check, so no large range is materialized only to be intersected away.
 - `or` unions its children's candidates, and needs every child to be indexed (else: scan).
 - `not` and `neq` never narrow: their answer includes rows that indexes do not hold (absent
   attributes, maps), so they are always evaluated row by row, exactly.
@@ -15,6 +17,7 @@ candidate against the whole predicate, so it is always correct:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,7 +46,7 @@ Row = tuple[OrderKey, str, Any]
 @dataclass(frozen=True, slots=True)
 class Plan:
     """How a query reads an `IndexedMap`: `keys` to check (None: every row), or an `ordered`
-    sorted index to walk; `steps` says which indexes were used, for `explain`."""
+    sorted index to walk; `steps` names the index lookups used (for `describe`)."""
 
     keys: set[str] | None
     ordered: SortedIndex | None
@@ -52,7 +55,7 @@ class Plan:
 
     def describe(self) -> str:
         if self.keys is not None:
-            return f"index lookup {' ∩ '.join(self.steps) or '(empty)'}: {len(self.keys)} rows"
+            return f"index lookup {', '.join(self.steps) or '(none)'}: {len(self.keys)} rows"
         if self.ordered is not None:
             return f"ordered scan of sorted({self.ordered.field})"
         return "full scan"
@@ -107,31 +110,68 @@ class Plan:
 def plan(query: CompiledQuery, rows: IndexedMap) -> Plan:
     """Choose how to run `query` over `rows` (see the module docstring)."""
     steps: list[str] = []
-    keys = _candidates(query.predicate, rows, steps)
+    lookup = _candidates(query.predicate, rows)
+    keys = None if lookup is None else set(lookup.fetch(steps))
     ordered = None
     first = query.sort.first
     if keys is None and len(query.sort.fields) == 1 and first.field != KEY_FIELD:
         ordered = cast(SortedIndex | None, rows.index("sorted", first.field))
-    return Plan(
-        keys=None if keys is None else set(keys),
-        ordered=ordered,
-        descending=first.descending,
-        steps=tuple(steps),
-    )
+    return Plan(keys=keys, ordered=ordered, descending=first.descending, steps=tuple(steps))
 
 
-def _intersect(sets: list[set[str]]) -> set[str]:
-    sets.sort(key=len)
-    return sets[0].intersection(*sets[1:]) if len(sets) > 1 else sets[0]
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """Candidate keys not yet gathered: `size` bounds how many, `fetch` gathers them (noting
+    the indexes used in `steps`), `ready` says fetching costs nothing (an existing set)."""
+
+    size: int
+    fetch: Callable[[list[str]], set[str]]
+    ready: bool = False
 
 
-def _candidates(predicate: Predicate, rows: IndexedMap, steps: list[str]) -> set[str] | None:
+def _existing(label: str, keys: set[str]) -> _Lookup:
+    def fetch(steps: list[str]) -> set[str]:
+        steps.append(label)
+        return keys
+
+    return _Lookup(len(keys), fetch, ready=True)
+
+
+def _built(label: str, size: int, build: Callable[[], set[str]]) -> _Lookup:
+    def fetch(steps: list[str]) -> set[str]:
+        steps.append(label)
+        return build()
+
+    return _Lookup(size, fetch)
+
+
+def _all_of(lookups: list[_Lookup]) -> _Lookup:
+    smallest = min(lookups, key=lambda lookup: lookup.size)
+
+    def fetch(steps: list[str]) -> set[str]:
+        keys = smallest.fetch(steps)
+        for other in lookups:
+            if other is not smallest and other.ready and keys:
+                keys = keys & other.fetch(steps)
+        return keys
+
+    return _Lookup(smallest.size, fetch)
+
+
+def _any_of(lookups: list[_Lookup]) -> _Lookup:
+    def fetch(steps: list[str]) -> set[str]:
+        return set().union(*(lookup.fetch(steps) for lookup in lookups))
+
+    return _Lookup(sum(lookup.size for lookup in lookups), fetch)
+
+
+def _candidates(predicate: Predicate, rows: IndexedMap) -> _Lookup | None:
     """A superset of the keys `predicate` matches, from indexes; None when no index helps."""
     if isinstance(predicate, And):
-        sets = [
-            s
-            for s in (_candidates(child, rows, steps) for child in predicate.children)
-            if s is not None
+        lookups = [
+            found
+            for found in (_candidates(child, rows) for child in predicate.children)
+            if found is not None
         ]
         equal = {
             c.attribute: c.value
@@ -140,44 +180,45 @@ def _candidates(predicate: Predicate, rows: IndexedMap, steps: list[str]) -> set
         }
         for compound in rows.compound_indexes():
             if all(f in equal for f in compound.fields):
-                steps.append(f"compound({','.join(compound.fields)})")
-                sets.append(compound.equal(tuple(equal[f] for f in compound.fields)))
-        return _intersect(sets) if sets else None
+                label = f"compound({','.join(compound.fields)})"
+                lookups.append(
+                    _existing(label, compound.equal(tuple(equal[f] for f in compound.fields)))
+                )
+        return _all_of(lookups) if lookups else None
     if isinstance(predicate, Or):
         parts = []
         for child in predicate.children:
-            found = _candidates(child, rows, steps)
+            found = _candidates(child, rows)
             if found is None:
                 return None
             parts.append(found)
-        return set().union(*parts)
+        return _any_of(parts)
     if isinstance(predicate, Compare):
-        return _compare(predicate, rows, steps)
+        return _compare(predicate, rows)
     if isinstance(predicate, Contains | Like | Match | MatchPhrase | MatchPrefix):
         index = cast(InvertedIndex | None, rows.index("inverted", predicate.attribute))
         if index is None:
             rows.missed("inverted", predicate.attribute)
             return None
-        steps.append(f"inverted({predicate.attribute})")
         return _text(predicate, index)
     return None  # not, regex: evaluated row by row
 
 
-def _compare(predicate: Compare, rows: IndexedMap, steps: list[str]) -> set[str] | None:
+def _compare(predicate: Compare, rows: IndexedMap) -> _Lookup | None:
     name = predicate.attribute
     if predicate.op == "neq":
         return None
     if predicate.op == "eq":
         hashed = cast(HashIndex | None, rows.index("hash", name))
         if hashed is not None:
-            steps.append(f"hash({name})")
-            return hashed.equal(predicate.value)
+            return _existing(f"hash({name})", hashed.equal(predicate.value))
     ranged = cast(SortedIndex | None, rows.index("sorted", name))
     if ranged is not None:
-        steps.append(f"sorted({name})")
         if predicate.op == "eq":
-            return ranged.equal(predicate.value)
-        return ranged.compare(predicate.op, predicate.value)
+            lo, hi = ranged.equal_span(predicate.value)
+        else:
+            lo, hi = ranged.compare_span(predicate.op, predicate.value)
+        return _built(f"sorted({name})", hi - lo, lambda: ranged.keys_between(lo, hi))
     if predicate.op == "eq":
         if not any(name in c.fields for c in rows.compound_indexes()):
             rows.missed("hash", name)
@@ -191,18 +232,30 @@ _WILDCARDS = re.compile("[%_]")
 
 def _text(
     predicate: Contains | Like | Match | MatchPhrase | MatchPrefix, index: InvertedIndex
-) -> set[str]:
+) -> _Lookup:
+    label = f"inverted({predicate.attribute})"
+    needles: list[str] | None = None
     if isinstance(predicate, Contains):
         if predicate.mode == "any":
-            return set().union(*(index.containing(n) for n in predicate.needles))
-        return _intersect(
-            [index.containing(n) for n in predicate.needles] or [index.containing("")]
-        )
-    if isinstance(predicate, Like):
-        runs = [run for run in _WILDCARDS.split(predicate.pattern.lower()) if len(run) >= 3]
-        return _intersect([index.containing(run) for run in runs] or [index.containing("")])
-    if isinstance(predicate, Match):
-        return index.with_terms(predicate.terms, every=predicate.require_all)
-    if isinstance(predicate, MatchPhrase):
-        return index.with_terms(predicate.terms, every=True)
-    return index.with_prefix(predicate.prefix)
+            keys = set().union(*(index.containing(n) for n in predicate.needles))
+            return _built(label, len(keys), lambda: keys)
+        needles = list(predicate.needles)
+    elif isinstance(predicate, Like):
+        needles = [run for run in _WILDCARDS.split(predicate.pattern.lower()) if len(run) >= 3]
+    if needles is not None:
+        needles = [n for n in needles if len(n) >= 3]
+        if not needles:  # nothing long enough to look up: every string is a candidate
+            return _built(label, len(index.strings), lambda: set(index.strings))
+        keys = _intersect([index.containing(n) for n in needles])
+    elif isinstance(predicate, Match):
+        keys = index.with_terms(predicate.terms, every=predicate.require_all)
+    elif isinstance(predicate, MatchPhrase):
+        keys = index.with_terms(predicate.terms, every=True)
+    elif isinstance(predicate, MatchPrefix):
+        keys = index.with_prefix(predicate.prefix)
+    return _built(label, len(keys), lambda: keys)
+
+
+def _intersect(sets: list[set[str]]) -> set[str]:
+    sets.sort(key=len)
+    return sets[0].intersection(*sets[1:])
