@@ -5,11 +5,10 @@ means "absent" (J1), an integer field may arrive as an integral float64 (J2), an
 `any` must not nest without bound. Lax mode would accept the floats, but it also turns `"12"` into
 12 and `1` into `True`, which the spec forbids. So the codec decodes in three steps:
 
-1. strict decoding into a *shadow* of the target type, where every `int` is `int | float` (within
-   ±(2^53-1), the range of protocol integers), every
-   optional field also accepts an ext (ext 0 is nil there), every `any` value is kept raw
-   (`msgspec.Raw`, decoded and depth-checked by the codec's hook) and a recursive type is
-   unrolled to the nesting limit;
+1. strict decoding into a *shadow* of the target type, where every `int` is `int | float` within
+   ±(2^53-1) (the range of protocol integers), every optional field also accepts an ext (ext 0
+   is nil there), every `any` value is kept raw (`msgspec.Raw`, decoded and depth-checked by the
+   codec's hook) and a recursive type is unrolled to the nesting limit;
 2. `msgspec.to_builtins` with that hook (ext 0 → nil, raw values decoded);
 3. lax conversion into the *target*, which is the public type itself except where a field
    holds ops validated one by one (`Sequence[ClientOp | InvalidOp]`): there a twin class with
