@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from topgun.hooks import make_plugin_manager
+from topgun.hooks import hookimpl, make_plugin_manager
 from topgun.protocol import Auth, AuthAck, AuthRequired
 from topgun.server import (
     AuthConfig,
@@ -29,6 +29,7 @@ from topgun.server import (
     ServerConfig,
     StorageConfig,
 )
+from topgun.storage import BackendConfig, MemoryBackend, MemoryStore, StorageBackend
 
 SECRET = "test-secret-" + "0123456789abcdef" * 4
 """An HMAC secret long enough for `JWTVerifier` and for minting HS384/HS512 tokens."""
@@ -257,5 +258,87 @@ def start(
         pm: Any = None, **overrides: Any
     ) -> contextlib.AbstractAsyncContextManager[Harness]:
         return running(server_config(tmp_path, **overrides), clock, tokens, pm)
+
+    return starter
+
+
+class GatedStorage:
+    """A storage plugin whose backend `gated` is the memory backend with a gate: while
+    `hold()` is in force, transactions wait (so PERSISTED cannot be reached) until
+    `release()`. `store` is the memory backend's committed state."""
+
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.gate: anyio.Event | None = None
+        self.batches: list[list[Any]] = []
+
+    def hold(self) -> None:
+        self.gate = anyio.Event()
+
+    def release(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
+
+    @hookimpl
+    def register_storage(self, register: Any) -> None:
+        register("gated", self._open)
+
+    def _open(self, config: BackendConfig) -> StorageBackend:
+        return _GatedBackend(MemoryBackend(codecs=config.codecs, store=self.store), self)
+
+
+class _GatedBackend:
+    def __init__(self, inner: MemoryBackend, plugin: GatedStorage) -> None:
+        self.inner = inner
+        self.plugin = plugin
+
+    async def initialize(self) -> None:
+        await self.inner.initialize()
+
+    async def list_maps(self) -> Any:
+        return await self.inner.list_maps()
+
+    async def load_map(self, name: str) -> Any:
+        return await self.inner.load_map(name)
+
+    async def load_keys(self, name: str, keys: Any) -> Any:
+        return await self.inner.load_keys(name, keys)
+
+    async def load_meta(self, namespace: str) -> dict[str, bytes]:
+        return await self.inner.load_meta(namespace)
+
+    async def store_batch(self, changes: Any) -> None:
+        if self.plugin.gate is not None:
+            await self.plugin.gate.wait()
+        self.plugin.batches.append(list(changes))
+        await self.inner.store_batch(changes)
+
+    async def delete(self, name: str, keys: Any) -> None:
+        await self.inner.delete(name, keys)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@pytest.fixture
+def gated() -> GatedStorage:
+    return GatedStorage()
+
+
+@pytest.fixture
+def gated_start(
+    start: Callable[..., contextlib.AbstractAsyncContextManager[Harness]], gated: GatedStorage
+) -> Callable[..., contextlib.AbstractAsyncContextManager[Harness]]:
+    """`start`, with the `gated` storage plugin as the backend."""
+
+    @contextlib.asynccontextmanager
+    async def starter(**overrides: Any) -> AsyncIterator[Harness]:
+        pm = make_plugin_manager(entry_points=(), environ={})
+        pm.register(gated)
+        async with start(pm=pm, storage=StorageConfig(backend="gated"), **overrides) as h:
+            try:
+                yield h
+            finally:
+                gated.release()  # even when the test failed, so storage can drain
 
     return starter
