@@ -238,21 +238,33 @@ class MapRegistry:
         stamps from now on sorts after what it stored before.
         """
         infos = await backend.list_maps()
-        for info in infos:
-            snapshot = await backend.load_map(info.name)
-            if snapshot is None:
-                continue
-            if isinstance(snapshot, LWWSnapshot):
-                lww = self._lww_for_write(info.name)
-                lww.merge_many(list(snapshot.records.items()))
-            else:
-                ormap = self._or_for_write(info.name)
-                newest = ormap.restore(snapshot.records, snapshot.tombstones)
-                if newest is not None:
-                    self.hlc.update(newest)
+        strict, self.hlc.strict = self.hlc.strict, False  # what was stored is never drift
+        try:
+            await self._load_maps(backend, [info.name for info in infos])
+        finally:
+            self.hlc.strict = strict
         for name, raw in (await backend.load_meta(PRUNE_HORIZON_NAMESPACE)).items():
             self._prune_horizons[name] = msgspec.msgpack.decode(raw, type=Timestamp)
         return len(infos)
+
+    async def _load_maps(self, backend: StorageBackend, names: list[str]) -> None:
+        for name in names:
+            snapshot = await backend.load_map(name)
+            if snapshot is None:
+                continue
+            # Loaded state is neither persisted again nor announced: listen afterwards.
+            if isinstance(snapshot, LWWSnapshot):
+                lww = LWWMap(self.hlc)
+                lww.merge_many(list(snapshot.records.items()))
+                lww.on_change(self._lww_listener(name))
+                self._lww[name] = lww
+            else:
+                ormap = ORMap(self.hlc)
+                newest = ormap.restore(snapshot.records, snapshot.tombstones)
+                if newest is not None:
+                    self.hlc.update(newest)
+                ormap.on_change(self._or_listener(name))
+                self._or[name] = ormap
 
     async def persist(self, recording: Recording) -> Commit | None:
         """Submit the recording's storage changes; the `Commit` to await for PERSISTED.

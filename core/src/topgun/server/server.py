@@ -67,7 +67,12 @@ class Server:
         self.clock: Callable[[], int] = clock if clock is not None else wall_clock_ms
         """Wall-clock epoch milliseconds: the HLC, token expiry and the timeouts read it."""
         self.node_id = config.node_id or f"node-{uuid.uuid4().hex[:12]}"
-        self.hlc = HLC(self.node_id, self.clock, max_drift_ms=config.hlc.max_drift_ms)
+        self.hlc = HLC(
+            self.node_id,
+            self.clock,
+            max_drift_ms=config.hlc.max_drift_ms,
+            strict=config.hlc.strict,
+        )
         self.security = Security.from_config(self.pm, config, clock=self.clock)
         self.codec = Codec(max_frame_bytes=config.max_frame_bytes)
         self.metrics = ServerMetrics()
@@ -121,7 +126,6 @@ class Server:
             await backend.initialize()
             stack.push_async_callback(backend.close)
             loaded = await self.maps.load(backend)
-            self.hlc.strict = self.config.hlc.strict  # stored timestamps are never drift
             writer = await stack.enter_async_context(StorageWriter(backend))
             self.storage_writer = self.maps.writer = writer
             self.metrics.watch_storage(
