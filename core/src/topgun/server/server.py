@@ -12,6 +12,7 @@ closes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections import deque
@@ -52,6 +53,13 @@ LIVENESS_CHECK_MS: Final = 1000
 """The liveness sweep runs at least this often (PROTOCOL.md §4.4: at least every 5 s)."""
 
 
+@functools.lru_cache(maxsize=8)
+def shared_codec(max_frame_bytes: int) -> Codec:
+    """One codec per frame limit for the whole process: a codec builds its decoders on first
+    use (tens of ms), and is thread-safe, so servers share them."""
+    return Codec(max_frame_bytes=max_frame_bytes)
+
+
 class Server:
     """One topgun server: its maps, sessions, storage, plugins and metrics."""
 
@@ -74,7 +82,7 @@ class Server:
             strict=config.hlc.strict,
         )
         self.security = Security.from_config(self.pm, config, clock=self.clock)
-        self.codec = Codec(max_frame_bytes=config.max_frame_bytes)
+        self.codec = shared_codec(config.max_frame_bytes)
         self.metrics = ServerMetrics()
         self.maps = MapRegistry(self.hlc)
         self.subscriptions: SubscriptionRegistry[Recipient] = SubscriptionRegistry()
