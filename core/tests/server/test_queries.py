@@ -96,3 +96,54 @@ async def test_a_second_query_sub_with_the_same_id_replaces_the_first(harness: A
         "q": "n"
     }
     assert harness.server.subscriptions.sessions_on("m") == []
+
+
+async def test_query_sub_filters_sorts_and_pages_with_the_query_engine(harness: Any) -> None:
+    client = await harness.login()
+    ops = [
+        ClientOp(map_name="m", key=f"k{i}", record=LWWRecord({"n": i}, Timestamp(T, i, "c")))
+        for i in range(6)
+    ]
+    await client.send(OpBatch(payload=OpBatchPayload(ops=ops)))
+    await client.receive()
+    query = Query(where={"n": {"$gte": 2}}, sort={"n": "desc"}, limit=2)
+    await client.send(QuerySub(payload=QuerySubPayload(query_id="q", map_name="m", query=query)))
+    page = await client.receive()
+    assert isinstance(page, QueryResp)
+    assert [(r.key, r.value) for r in page.payload.results] == [("k5", {"n": 5}), ("k4", {"n": 4})]
+    assert page.payload.has_more
+    assert page.payload.next_cursor
+    follow = Query(where=query.where, sort=query.sort, limit=2, cursor=page.payload.next_cursor)
+    await client.send(QuerySub(payload=QuerySubPayload(query_id="q", map_name="m", query=follow)))
+    second = await client.receive()
+    assert second.payload.cursor_status == "valid"
+    assert [r.key for r in second.payload.results] == ["k3", "k2"]
+
+
+async def test_an_invalid_query_gets_400_with_its_id_and_no_subscription(harness: Any) -> None:
+    client = await harness.login()
+    query = Query(where={"n": {"$nope": 1}})
+    await client.send(QuerySub(payload=QuerySubPayload(query_id="bad", map_name="m", query=query)))
+    error = await client.receive()
+    assert isinstance(error, Error)
+    assert error.payload.code == 400
+    assert error.payload.details["queryId"] == "bad"
+    assert harness.server.subscriptions.sessions_on("m") == []
+
+
+async def test_predicates_cannot_probe_fields_hidden_by_fls(start: Any) -> None:
+    policies = (
+        Policy(role="USER", map_name_pattern="m", actions=("READ",), allowed_fields=("a",)),
+    )
+    async with start(policies=policies) as h:
+        admin = await h.login()
+        record = LWWRecord({"a": 1, "secret": 42}, Timestamp(T, 0, "c"))
+        await admin.send(
+            OpBatch(payload=OpBatchPayload(ops=[ClientOp(map_name="m", key="k", record=record)]))
+        )
+        await admin.receive()
+        user = await h.login(roles=["USER"])
+        probe = Query(where={"secret": 42})
+        await user.send(QuerySub(payload=QuerySubPayload(query_id="q", map_name="m", query=probe)))
+        response = await user.receive()
+        assert response.payload.results == []
