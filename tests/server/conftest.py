@@ -222,7 +222,11 @@ async def running(
     exit (`Server.shutdown()`, then the ASGI server stops)."""
     listener = listen_socket("127.0.0.1", 0)
     port = bound_address(listener)[1]
-    async with Server(config, pm=pm or plugin_manager()) as server:
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(listener.close)  # a no-op once the ASGI server took it over
+        # No deadline here: the server's task group must not live inside a cancel scope
+        # that ends before it.
+        server = await stack.enter_async_context(Server(config, pm=pm or plugin_manager()))
         stop = anyio.Event()
 
         async def shutdown_trigger() -> None:
