@@ -22,7 +22,8 @@ import msgspec
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from topgun.protocol import Codec, Message, ServerMessage
+from topgun.protocol import DEFAULT_MAX_FRAME_BYTES, Codec, Message, ServerMessage
+from topgun.server.server import shared_codec
 
 if TYPE_CHECKING:
     from topgun.server.server import Server
@@ -75,7 +76,7 @@ class InMemoryClient:
     """The client's end: send frames to the server, receive its messages."""
 
     def __init__(self, *, codec: Codec | None = None) -> None:
-        self.codec = codec if codec is not None else Codec()
+        self.codec = codec if codec is not None else shared_codec(DEFAULT_MAX_FRAME_BYTES)
         self.transport = InMemoryTransport()
         send, receive = anyio.create_memory_object_stream[bytes | str](math.inf)
         self._inbound: MemoryObjectSendStream[bytes | str] = send

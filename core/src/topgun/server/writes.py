@@ -236,6 +236,7 @@ class WritePipeline:
         batch_timeout = DEFAULT_TIMEOUT_MS if timeout is None else timeout
         combined = Recording()
         intercept = bool(self.pm.hook.before_op.get_hookimpls())
+        granted: dict[tuple[str, Action], bool] = {}  # this request's permission answers
         for index, op in enumerate(ops):
             if isinstance(op, InvalidOp):
                 raw_id = op.raw.get("id") if isinstance(op.raw, dict) else None
@@ -256,7 +257,7 @@ class WritePipeline:
             request.ops.append(state)
             try:
                 await self._apply_one(
-                    state, op, context, combined, intercept, removal_needs_live_tag
+                    state, op, context, combined, intercept, removal_needs_live_tag, granted
                 )
             except OpFailed as failure:
                 state.fail(failure.reason, failure.code)
@@ -270,7 +271,13 @@ class WritePipeline:
         return request
 
     def _authorize(
-        self, op: ClientOp, op_type: OpType, action: Action, context: WriteContext, live_only: bool
+        self,
+        op: ClientOp,
+        op_type: OpType,
+        action: Action,
+        context: WriteContext,
+        live_only: bool,
+        granted: dict[tuple[str, Action], bool],
     ) -> None:
         if (
             live_only
@@ -279,7 +286,11 @@ class WritePipeline:
             and not self.maps.holds_live_tag(op.map_name, op.or_tag)
         ):
             action = "PUT"
-        if not self.security.is_allowed(context.principal, op.map_name, action):
+        allowed = granted.get((op.map_name, action))
+        if allowed is None:
+            allowed = self.security.is_allowed(context.principal, op.map_name, action)
+            granted[(op.map_name, action)] = allowed
+        if not allowed:
             raise OpFailed("Access denied", 403)
 
     async def _apply_one(
@@ -290,16 +301,17 @@ class WritePipeline:
         combined: Recording,
         intercept: bool,
         live_only: bool,
+        granted: dict[tuple[str, Action], bool],
     ) -> None:
         op_type, action, kind = classify(op)
-        self._authorize(op, op_type, action, context, live_only)
+        self._authorize(op, op_type, action, context, live_only, granted)
         self._check_kind(op.map_name, kind)
         if intercept:
             replaced = await self._before_op(op, context)
             if replaced is not op:
                 state.op = op = replaced
                 op_type, action, kind = classify(op)
-                self._authorize(op, op_type, action, context, live_only)
+                self._authorize(op, op_type, action, context, live_only, granted)
                 self._check_kind(op.map_name, kind)
         # Conflict resolvers (§6.1 step 6, §8.2) take their place here, before the merge.
         try:
