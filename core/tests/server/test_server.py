@@ -162,3 +162,21 @@ async def test_a_session_stuck_past_the_grace_period_is_cancelled(start: Any) ->
             await h.server.shutdown()
         assert not h.server.sessions
         assert isinstance(await client.receive(), ShutdownPending)
+
+
+async def test_a_failing_session_closes_1011_and_the_server_keeps_serving(
+    start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with start() as h:
+        client = await h.login()
+        session = next(iter(h.server.sessions))
+
+        async def explode(frame: Any) -> None:
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(session, "_on_frame", explode)
+        await client.send(Ping(timestamp=0))
+        assert await client.closed() == (1011, "Internal error")
+        other = await h.login()
+        await other.send(Ping(timestamp=0))
+        assert isinstance(await other.receive(), Pong)

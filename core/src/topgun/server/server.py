@@ -265,7 +265,12 @@ class Server:
                 session.closed_with = (1011, "Internal error")
                 await _close_quietly(transport, 1011, "Internal error")
                 return
-            await session.run(frames)
+            try:
+                await session.run(frames)
+            except Exception:
+                logger.exception("%r failed", session)
+                session.closed_with = (1011, "Internal error")
+                await _close_quietly(transport, 1011, "Internal error")
         finally:
             with anyio.CancelScope(shield=True):
                 await self._disconnected(session)
