@@ -1,4 +1,5 @@
-"""Full-text search: the analyzer, a BM25 index and rank fusion (PROTOCOL.md §5.7, §5.8).
+"""Full-text search: the analyzer, a BM25 index, live searches and rank fusion (PROTOCOL.md
+§5.7, §5.8, §6.8).
 
 Pure: no I/O, no clock. The server keeps one index per map with full-text search enabled and
 updates it on every applied change.
@@ -12,6 +13,7 @@ from topgun.search.bm25 import (
     SearchResult,
 )
 from topgun.search.fusion import RRF_K, reciprocal_rank_fusion
+from topgun.search.live import SCORE_EPSILON, LiveSearches, SearchChange
 from topgun.search.tokenizer import (
     ENGLISH_STOP_WORDS,
     MAX_TOKEN_LENGTH,
@@ -26,7 +28,10 @@ __all__ = [
     "MAX_TOKEN_LENGTH",
     "MIN_TOKEN_LENGTH",
     "RRF_K",
+    "SCORE_EPSILON",
     "BM25Index",
+    "LiveSearches",
+    "SearchChange",
     "SearchError",
     "SearchHit",
     "SearchResult",
