@@ -252,9 +252,18 @@ def test_ormap_trie_maintained_incrementally_equals_one_rebuilt(
 
 # --- equal roots iff equal (key, timestamp) sets ----------------------------------------------
 
+# Node ids are UUIDs, as TS clients generate them. With one-letter ids the plain-sum
+# combine (pinned by PROTOCOL.md §3.3) has structured collisions: two keys whose ids swap
+# between "a" and "b" in their last character can shift the root by opposite amounts —
+# see test_plain_sum_combine_has_structured_collisions below.
+NODES = [
+    "0b6f7c1e-2f4a-4c55-9d0e-6a1f3b2c4d5e",
+    "9e8d7c6b-5a49-4838-a726-15f4e3d2c1b0",
+    "f3a1c2e4-7b9d-4e6f-8a0b-1c2d3e4f5a6b",
+]
 key_timestamps = st.dictionaries(
     st.sampled_from(KEYS),
-    st.builds(Timestamp, st.integers(T0, T0 + 3), st.integers(0, 1), st.sampled_from(["a", "b"])),
+    st.builds(Timestamp, st.integers(T0, T0 + 3), st.integers(0, 1), st.sampled_from(NODES)),
     max_size=8,
 )
 
@@ -269,7 +278,7 @@ def test_roots_are_equal_iff_the_key_timestamp_sets_are(
     edit = data.draw(st.booleans())
     if first and edit:
         key = data.draw(st.sampled_from(sorted(first)))
-        second[key] = data.draw(st.sampled_from([first[key], Timestamp(T0 + 9, 0, "c")]))
+        second[key] = data.draw(st.sampled_from([first[key], Timestamp(T0 + 9, 0, NODES[2])]))
     maps: list[LWWMap] = []
     for pairs in (first, second):
         m = LWWMap(HLC("r", lambda: T0 + 10))
@@ -279,3 +288,24 @@ def test_roots_are_equal_iff_the_key_timestamp_sets_are(
     same_pairs = set(first.items()) == set(second.items())
     assert (maps[0].merkle.root_hash == maps[1].merkle.root_hash) == same_pairs
     assert (maps[0].merkle.diff(maps[1].merkle) == []) == same_pairs
+
+
+def test_plain_sum_combine_has_structured_collisions() -> None:
+    """Why the property above uses UUID node ids: the §3.3 sum is not collision-free.
+
+    Moving `k11` from node "a" to "b" and `k8` from "b" to "a" (same millis and counter)
+    changes the two item hashes by opposite amounts, so the roots stay equal although the
+    (key, timestamp) sets differ, and a root-to-leaf walk (which a client starts only when
+    roots differ) finds nothing. The children of the root do differ. TS clients compute the
+    same sum, so it is kept for compatibility (PROTOCOL.md §3.3, §10).
+    """
+    first = {"k11": Timestamp(T0 + 1, 0, "a"), "k8": Timestamp(T0 + 3, 0, "b")}
+    second = {"k11": Timestamp(T0 + 1, 0, "b"), "k8": Timestamp(T0 + 3, 0, "a")}
+    maps = []
+    for pairs in (first, second):
+        m = LWWMap(HLC("r", lambda: T0 + 10))
+        m.merge_many([(k, LWWRecord(1, ts)) for k, ts in pairs.items()])
+        maps.append(m)
+    assert maps[0].merkle.root_hash == maps[1].merkle.root_hash
+    assert maps[0].merkle.diff(maps[1].merkle) == []
+    assert maps[0].merkle.buckets("") != maps[1].merkle.buckets("")
