@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Developer entry point: set up the workspace, run the server, run every check.
 
-    python3 dev.py serve [ARGS...]   start `topgun serve` on the embedded default (SQLite)
+    python3 dev.py serve [ARGS...]   start `topgun serve` (SQLite; `--dev` unless a JWT key is set)
     python3 dev.py test [PYTEST ARGS...]   lint, type-check, build the docs, run the tests
     python3 dev.py setup             only (re)create .venv and install the workspace
     python3 dev.py run CMD [ARGS...] run a command inside .venv
@@ -106,6 +106,16 @@ def test(args: list[str]) -> int:
     return _run([str(PYTHON), "-m", "pytest", *args], env=env)
 
 
+def _dev_flag(args: list[str]) -> list[str]:
+    """`--dev` (a JWT secret made for this run, and a token printed for it), unless a key
+    or a configuration file is given through the flags or the environment."""
+    configured = any(a.startswith(("--jwt-", "--config", "--dev")) for a in args) or any(
+        name in os.environ
+        for name in ("TOPGUN_AUTH_JWT_SECRET", "TOPGUN_AUTH_JWT_PUBLIC_KEY", "TOPGUN_CONFIG")
+    )
+    return [] if configured else ["--dev"]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -120,7 +130,7 @@ def main(argv: list[str]) -> int:
     if command == "test":
         return test(rest)
     if command == "serve":
-        return _run([str(BIN / "topgun"), "serve", *rest], env=_venv_env())
+        return _run([str(BIN / "topgun"), "serve", *_dev_flag(rest), *rest], env=_venv_env())
     if not rest:
         print("dev.py: run needs a command", file=sys.stderr)
         return 2
