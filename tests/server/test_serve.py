@@ -217,3 +217,37 @@ async def test_secret_from_the_environment_and_uvicorn(serve_process: Any, wire:
     assert (await client.closed())[0] == 1001
     status, stderr = await anyio.to_thread.run_sync(process.finish)
     assert status == 0, stderr
+
+
+def test_a_failure_while_starting_is_one_line_and_exit_1(
+    serve_process: Any, tmp_path: Path
+) -> None:
+    """Errors after the bind (storage that does not open, a key that cannot be used) are
+    reported like configuration errors, not as tracebacks."""
+    (tmp_path / "not-a-directory").write_text("")
+    status, stderr = serve_process("--dev", "--port", "0", "--data-dir", "not-a-directory").finish()
+    assert status == 1
+    assert one_line(stderr).startswith("topgun serve: cannot create the data directory")
+    status, stderr = serve_process("--port", "0", env={"TOPGUN_AUTH_JWT_SECRET": "short"}).finish()
+    assert status == 1
+    assert "HS256 needs at least 32" in one_line(stderr)
+
+
+def test_describe_auth_names_the_key_kind_and_plugin_verifiers() -> None:
+    from topgun.hooks import hookimpl, make_plugin_manager
+    from topgun.server import AuthConfig, Secret
+    from topgun.server.serve import describe_auth
+
+    class ApiKeys:
+        @hookimpl
+        def verify_token(self, token: str, connection: Any) -> None:
+            return None
+
+    pm = make_plugin_manager(entry_points=(), environ={})
+    rs256 = ServerConfig(auth=AuthConfig(jwt_public_key="/etc/topgun/jwt.pem"))
+    assert describe_auth(rs256, pm, dev=False) == "RS256 public key /etc/topgun/jwt.pem"
+    hs256 = ServerConfig(auth=AuthConfig(jwt_secret=Secret("s" * 32)))
+    assert describe_auth(hs256, pm, dev=False) == "HS256 shared secret"
+    assert describe_auth(ServerConfig(), pm, dev=False) == "none"
+    pm.register(ApiKeys(), name="api-keys")
+    assert describe_auth(ServerConfig(), pm, dev=False) == "plugin verifiers (api-keys)"
