@@ -21,8 +21,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
-from werkzeug.exceptions import HTTPException
-
 from topgun.hooks import hookimpl
 
 if TYPE_CHECKING:
@@ -129,6 +127,10 @@ class WebSocketRouter:
         self.server = server
 
     def _quart_route(self, path: str) -> bool:
+        # Imported here: this module is loaded with every plugin manager, even by commands
+        # that never build an app.
+        from werkzeug.exceptions import HTTPException
+
         try:
             self.url_map.bind("").match(path, websocket=True)
         except HTTPException:
