@@ -241,7 +241,7 @@ async def test_p7_unauthenticated_socket_closes_4001_after_auth_timeout(
     start_server: Any,
 ) -> None:
     """P-7: a PING does not extend the timeout."""
-    auth = AuthConfig(jwt_secret=Secret("s" * 32), auth_timeout_ms=300)
+    auth = AuthConfig(jwt_secret=Secret("s" * 32), auth_timeout_ms=600)
     async with start_server(auth=auth) as live:
         client = await live.connect()
         await client.expect(AuthRequired)
@@ -252,7 +252,7 @@ async def test_p7_unauthenticated_socket_closes_4001_after_auth_timeout(
 
 async def test_p8_silent_authenticated_socket_closes_4002(start_server: Any) -> None:
     """P-8."""
-    async with start_server(heartbeat_timeout_ms=300) as live:
+    async with start_server(heartbeat_timeout_ms=600) as live:
         client = await live.client()
         assert (await client.closed())[0] == 4002
 

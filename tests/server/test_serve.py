@@ -96,9 +96,12 @@ async def test_host_refuses_an_unknown_asgi_server() -> None:
         )  # type: ignore[arg-type]
 
 
-async def test_tls_serves_wss_and_https(start_server: Any, tls_files: Any) -> None:
+@pytest.mark.parametrize("asgi_server", ["hypercorn", "uvicorn"])
+async def test_tls_serves_wss_and_https(
+    start_server: Any, tls_files: Any, asgi_server: str
+) -> None:
     tls = TLSConfig(cert_file=tls_files.cert_file, key_file=tls_files.key_file)
-    async with start_server(tls=tls, client_tls=tls_files.client) as live:
+    async with start_server(tls=tls, client_tls=tls_files.client, asgi_server=asgi_server) as live:
         assert live.url.startswith("wss://")
         status, _, body = await live.get("/health")
         assert (status, body) == (200, b'{"status": "ok"}')
