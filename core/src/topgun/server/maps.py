@@ -82,6 +82,7 @@ class MapRegistry:
         self._prune_horizons: dict[str, Timestamp] = {}
         self._recording: Recording | None = None
         self._pending: dict[tuple[str, str], Commit] = {}
+        self._sweep_at = _PENDING_SWEEP_AT
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -277,9 +278,12 @@ class MapRegistry:
             raise RuntimeError("storage is not open")
         commit = await self.writer.submit(recording.changes)
         pending = self._pending
-        if len(pending) >= _PENDING_SWEEP_AT:
+        if len(pending) >= self._sweep_at:
             for done in [k for k, c in pending.items() if c.done and c.error is None]:
                 del pending[done]
+            # Under load most entries are still in flight; sweeping again only once the
+            # survivors have doubled keeps the sweep amortized O(1) per write.
+            self._sweep_at = max(_PENDING_SWEEP_AT, 2 * len(pending))
         for key in recording.keys:
             pending[key] = commit
         return commit
