@@ -183,6 +183,32 @@ class HLCConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Reject ops that drift (`"Clock drift"`) instead of logging a warning."""
 
 
+class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The event journal (PROTOCOL.md §6.12)."""
+
+    enabled: bool = True
+    """Off: JOURNAL_* requests are answered `ERROR 503`."""
+    capacity: PositiveInt = 10_000
+    """How many of the newest events are retained (in memory and in storage)."""
+
+
+class ExpiryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """TTL expiry and tombstone GC (PROTOCOL.md §6.11)."""
+
+    gc_interval_ms: PositiveInt = 3_600_000
+    """How often tombstone GC runs (tombstones older than `gc_age_ms` are pruned)."""
+
+
+class ProcessorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Entry processors (PROTOCOL.md §8.1)."""
+
+    timeout_ms: PositiveInt = 100
+    """A processor running longer is abandoned with `"Processor timeout"`."""
+    max_abandoned: PositiveInt = 4
+    """At most this many timed-out processor threads may still be running; beyond that,
+    processors are refused (`"Processor timeout"`) until one finishes."""
+
+
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything `topgun serve` and `topgun.server.Server` are configured with."""
 
@@ -209,6 +235,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     coalescing: CoalescingConfig = msgspec.field(default_factory=CoalescingConfig)
     connections: ConnectionLimits = msgspec.field(default_factory=ConnectionLimits)
     hlc: HLCConfig = msgspec.field(default_factory=HLCConfig)
+    journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
+    expiry: ExpiryConfig = msgspec.field(default_factory=ExpiryConfig)
+    processors: ProcessorConfig = msgspec.field(default_factory=ProcessorConfig)
     policies: tuple[Policy, ...] = ()
     """Role policies (PROTOCOL.md §4.3); none: only ADMIN may do anything."""
     sections: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -19,6 +19,9 @@ from topgun.protocol import (
     ClientOpMessage,
     HybridQuerySubscribe,
     HybridQueryUnsubscribe,
+    JournalRead,
+    JournalSubscribe,
+    JournalUnsubscribe,
     MerkleReqBucket,
     Message,
     OpAck,
@@ -36,6 +39,7 @@ from topgun.protocol import (
     QueryUnsub,
     SyncInit,
 )
+from topgun.server.journal import journal_read, journal_subscribe, journal_unsubscribe
 from topgun.server.queries import query_sub, query_unsub
 from topgun.server.sync import (
     merkle_req_bucket,
@@ -200,6 +204,9 @@ _IMPLEMENTED: Final[dict[type[Message], Handler]] = {
     QueryUnsub: query_unsub,
     HybridQuerySubscribe: hybrid_query_subscribe,
     HybridQueryUnsubscribe: ignore,
+    JournalSubscribe: journal_subscribe,
+    JournalUnsubscribe: journal_unsubscribe,
+    JournalRead: journal_read,
 }
 
 HANDLERS: Final[dict[type[Message], Handler]] = {

@@ -36,6 +36,9 @@ from topgun.storage import (
     Commit,
     LWWSnapshot,
     MapKind,
+    PruneORTag,
+    PruneRecord,
+    PutMeta,
     PutRecord,
     RemoveORTag,
     StorageBackend,
@@ -219,6 +222,26 @@ class MapRegistry:
             )
             recording.keys.add((name, key))
         return True
+
+    def prune_tombstones(self, older_than: Timestamp) -> list[Change]:
+        """GC (PROTOCOL.md §6.11): drop LWW tombstones and OR tombstone tags older than
+        `older_than` from every map and record it as the prune horizon of each map that lost
+        one; returns the storage changes that do the same on disk."""
+        changes: list[Change] = []
+        horizon = msgspec.msgpack.encode(older_than)
+        for name, lww in self._lww.items():
+            keys = lww.prune(older_than)
+            changes.extend(PruneRecord(name, key, older_than) for key in keys)
+            if keys:
+                self._prune_horizons[name] = older_than
+                changes.append(PutMeta(PRUNE_HORIZON_NAMESPACE, name, horizon))
+        for name, ormap in self._or.items():
+            tags = ormap.prune(older_than)
+            changes.extend(PruneORTag(name, tag) for tag in tags)
+            if tags:
+                self._prune_horizons[name] = older_than
+                changes.append(PutMeta(PRUNE_HORIZON_NAMESPACE, name, horizon))
+        return changes
 
     def is_tombstoned(self, name: str, tag: str) -> bool:
         """Whether `tag` is tombstoned in OR-Map `name`."""

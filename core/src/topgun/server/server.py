@@ -35,6 +35,9 @@ from topgun.server.auth import wall_clock_ms
 from topgun.server.config import ServerConfig, validate_config
 from topgun.server.dispatch import HANDLERS, Handler
 from topgun.server.events import EventRouter, Recipient
+from topgun.server.expiry import ExpirySchedule
+from topgun.server.gc import TombstoneGC
+from topgun.server.journal import Journal
 from topgun.server.maps import MapRegistry
 from topgun.server.metrics import ServerMetrics
 from topgun.server.security import Security
@@ -95,6 +98,29 @@ class Server:
         self.writes = WritePipeline(
             maps=self.maps, security=self.security, pm=self.pm, router=self.router
         )
+        self.journal: Journal | None = None
+        """The event journal (`None` when `journal.enabled` is off)."""
+        if config.journal.enabled:
+            self.journal = Journal(
+                capacity=config.journal.capacity,
+                node_id=self.node_id,
+                hlc=self.hlc,
+                field_filter=self.security.field_filter,
+            )
+            self.writes.observers.append(self.journal.observe)
+        self.expiry = ExpirySchedule(
+            maps=self.maps, writes=self.writes, node_id=self.node_id, clock=self.clock
+        )
+        self.writes.observers.append(self.expiry.observe)
+        self.gc = TombstoneGC(
+            maps=self.maps,
+            clock=self.clock,
+            gc_age_ms=config.gc_age_ms,
+            interval_ms=config.expiry.gc_interval_ms,
+            clients=lambda: list(self.sessions),
+        )
+        self.handlers: dict[type[Message], Handler] = dict(HANDLERS)
+        """Client message class -> handler (`topgun.server.dispatch.HANDLERS`)."""
         self.handlers: dict[type[Message], Handler] = dict(HANDLERS)
         """Client message class -> handler (`topgun.server.dispatch.HANDLERS`)."""
         self.shutdown_grace_seconds = SHUTDOWN_GRACE_SECONDS
@@ -134,6 +160,9 @@ class Server:
             await backend.initialize()
             stack.push_async_callback(backend.close)
             loaded = await self.maps.load(backend)
+            if self.journal is not None:
+                await self.journal.load(backend)
+            self.expiry.load()
             writer = await stack.enter_async_context(StorageWriter(backend))
             self.storage_writer = self.maps.writer = writer
             self.metrics.watch_storage(
@@ -141,6 +170,8 @@ class Server:
             )
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             self._task_group.start_soon(self._sweep_liveness)
+            self._task_group.start_soon(self.expiry.run)
+            self._task_group.start_soon(self.gc.run)
             await call_hook_async(self.pm.hook.on_startup, server=self)
         except BaseException:
             if self._task_group is not None:
@@ -278,6 +309,8 @@ class Server:
     async def _disconnected(self, session: Session) -> None:
         self.sessions.discard(session)
         self.subscriptions.drop(session)
+        if self.journal is not None:
+            self.journal.drop(session)
         self._sessions_changed.set()
         self.metrics.connections.dec()
         code, reason = session.closed_with or CLIENT_CLOSED

@@ -16,13 +16,13 @@ Every failure is per op: an op that fails does not stop the others (§5.2).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import anyio
 
-from topgun.crdt import ClockDriftError, Timestamp, check_ttl, validate_timestamp
+from topgun.crdt import ClockDriftError, LWWRecord, Timestamp, check_ttl, validate_timestamp
 from topgun.hooks import (
     DROP,
     Connection,
@@ -57,6 +57,9 @@ LEVEL: Final = {level: rank for rank, level in enumerate(WRITE_CONCERN_LEVELS)}
 """Write-concern level -> rank (higher is further)."""
 
 Action = Literal["PUT", "REMOVE"]
+
+_ALWAYS_GRANTED: Final[dict[tuple[str, Action], bool]] = {}
+"""The permission answers of a trusted (server-originated) request: never consulted."""
 
 
 class OpFailed(Exception):
@@ -113,6 +116,23 @@ class WriteRequest:
     def waits(self) -> bool:
         """Whether some op must wait before it can be acknowledged (PERSISTED asked)."""
         return any(state.error is None and state.requested == "PERSISTED" for state in self.ops)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """One op's change of a map, as change observers (journal, TTL schedule) see it."""
+
+    map_name: str
+    key: str
+    previous: LWWRecord | None
+    """The LWW record the key held before the op (`None` for a new key or an OR-Map)."""
+    events: Sequence[EventPayload]
+    """The events the op produced, in order."""
+
+
+ChangeObserver = Callable[[Applied, Recording], None]
+"""`observer(applied, recording)`: called right after an op changed a map (step 7); it may
+add storage changes of its own to `recording` (they are persisted with the request's)."""
 
 
 def _invalid(detail: str) -> OpFailed:
@@ -214,6 +234,8 @@ class WritePipeline:
         self.security = security
         self.pm = pm
         self.router = router
+        self.observers: list[ChangeObserver] = []
+        """Called for every op that changed a map (journal, TTL schedule)."""
 
     async def apply(
         self,
@@ -224,12 +246,14 @@ class WritePipeline:
         write_concern: WriteConcern | None = None,
         timeout: int | None = None,
         removal_needs_live_tag: bool = False,
+        trusted: bool = False,
     ) -> WriteRequest:
         """Steps 1–8 for `ops` in order; their events go to everyone but `origin`.
 
         `write_concern` / `timeout` are the request's defaults (ops may override them).
         With `removal_needs_live_tag` (OR-Map pushes, §6.4) an `OR_REMOVE` needs the REMOVE
-        permission only when it removes a live record; otherwise PUT.
+        permission only when it removes a live record; otherwise PUT. `trusted` writes are
+        the server's own (TTL expiry): not authorized, still intercepted.
         """
         request = WriteRequest([], anyio.current_time())
         batch_concern = write_concern or DEFAULT_WRITE_CONCERN
@@ -237,6 +261,8 @@ class WritePipeline:
         combined = Recording()
         intercept = bool(self.pm.hook.before_op.get_hookimpls())
         granted: dict[tuple[str, Action], bool] = {}  # this request's permission answers
+        if trusted:
+            granted = _ALWAYS_GRANTED
         for index, op in enumerate(ops):
             if isinstance(op, InvalidOp):
                 raw_id = op.raw.get("id") if isinstance(op.raw, dict) else None
@@ -286,6 +312,8 @@ class WritePipeline:
             and not self.maps.holds_live_tag(op.map_name, op.or_tag)
         ):
             action = "PUT"
+        if granted is _ALWAYS_GRANTED:
+            return
         allowed = granted.get((op.map_name, action))
         if allowed is None:
             allowed = self.security.is_allowed(context.principal, op.map_name, action)
@@ -314,6 +342,8 @@ class WritePipeline:
                 self._authorize(op, op_type, action, context, live_only, granted)
                 self._check_kind(op.map_name, kind)
         # Conflict resolvers (§6.1 step 6, §8.2) take their place here, before the merge.
+        lww = self.maps.lww(op.map_name) if self.observers else None
+        previous = lww.get_record(op.key) if lww is not None else None
         try:
             with self.maps.recording() as recording:
                 if op_type == "OR_ADD":
@@ -336,6 +366,10 @@ class WritePipeline:
             combined.events.extend(recording.events)
             combined.changes.extend(recording.changes)
             combined.keys.update(recording.keys)
+            if self.observers:
+                applied = Applied(op.map_name, op.key, previous, recording.events)
+                for observer in self.observers:
+                    observer(applied, combined)
 
     def _check_kind(self, map_name: str, kind: MapKind) -> None:
         try:
