@@ -350,3 +350,31 @@ async def test_load_resumes_every_stored_counter() -> None:
     client = FakeClient()
     await manager.request(client, "r", "job", None)
     assert client.sent[0].payload.fencing_token == 42
+
+
+async def test_the_expiry_loop_frees_leases_without_a_manual_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`run()` sweeps every `EXPIRY_CHECK_MS` by the injected clock (1 ms here)."""
+    monkeypatch.setattr("topgun.server.locks.EXPIRY_CHECK_MS", 1)
+    now = [0]
+    manager = LockManager(clock=lambda: now[0])
+
+    async def store(changes: Sequence[Change]) -> Commit:
+        commit = Commit(len(changes))
+        commit._finish()
+        return commit
+
+    backend = MemoryBackend()
+    await backend.initialize()
+    await manager.load(backend, store)
+    holder, waiter = FakeClient(), FakeClient()
+    await manager.request(holder, "h", "job", MIN_TTL_MS)
+    await manager.request(waiter, "w", "job", None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.run)
+        now[0] = MIN_TTL_MS
+        await until(lambda: bool(waiter.sent))
+        tg.cancel_scope.cancel()
+    assert waiter.sent[0].payload.fencing_token == 2
+    assert manager.holder("job") is waiter
