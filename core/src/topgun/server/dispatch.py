@@ -17,6 +17,8 @@ from topgun.protocol import (
     CLIENT_MESSAGE_TYPES,
     Auth,
     ClientOpMessage,
+    EntryProcess,
+    EntryProcessBatch,
     HybridQuerySubscribe,
     HybridQueryUnsubscribe,
     JournalRead,
@@ -40,6 +42,7 @@ from topgun.protocol import (
     SyncInit,
 )
 from topgun.server.journal import journal_read, journal_subscribe, journal_unsubscribe
+from topgun.server.processors import entry_process, entry_process_batch
 from topgun.server.queries import query_sub, query_unsub
 from topgun.server.sync import (
     merkle_req_bucket,
@@ -207,6 +210,8 @@ _IMPLEMENTED: Final[dict[type[Message], Handler]] = {
     JournalSubscribe: journal_subscribe,
     JournalUnsubscribe: journal_unsubscribe,
     JournalRead: journal_read,
+    EntryProcess: entry_process,
+    EntryProcessBatch: entry_process_batch,
 }
 
 HANDLERS: Final[dict[type[Message], Handler]] = {

@@ -38,6 +38,7 @@ from topgun.server.events import EventRouter, Recipient
 from topgun.server.expiry import ExpirySchedule
 from topgun.server.gc import TombstoneGC
 from topgun.server.journal import Journal
+from topgun.server.processors import EntryProcessors
 from topgun.server.maps import MapRegistry
 from topgun.server.metrics import ServerMetrics
 from topgun.server.security import Security
@@ -112,6 +113,14 @@ class Server:
             maps=self.maps, writes=self.writes, node_id=self.node_id, clock=self.clock
         )
         self.writes.observers.append(self.expiry.observe)
+        self.processors = EntryProcessors.collect(
+            self.pm,
+            maps=self.maps,
+            writes=self.writes,
+            security=self.security,
+            timeout_ms=config.processors.timeout_ms,
+            max_abandoned=config.processors.max_abandoned,
+        )
         self.gc = TombstoneGC(
             maps=self.maps,
             clock=self.clock,
