@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -285,3 +286,39 @@ async def test_registry_rejects_corrupt_stored_state() -> None:
         await registry.load(backend, store=None)  # type: ignore[arg-type]
     registry.subscribe(FakeSubscriber(), "x")
     assert registry.broadcast("x") == 1
+
+
+GOLDEN_FRAMES = Path(__file__).resolve().parents[3].parent / "shared" / "golden-frames"
+
+
+def golden(name: str) -> bytes:
+    path = GOLDEN_FRAMES / name
+    if not path.is_file():
+        pytest.skip(f"golden frame corpus not found at {GOLDEN_FRAMES}")
+    return path.read_bytes()
+
+
+async def test_captured_counter_frames_are_accepted_including_the_ts_client_api_p51(
+    harness: Any,
+) -> None:
+    """Golden frames 0055/0057 (wire `{p,n}`) and 0061/0062 (the TS client API's
+    `{positive,negative}`, which the reference server refused with 400, quirk 12); a re-sync
+    that changes nothing is still answered with `COUNTER_UPDATE`, as captured (0059)."""
+    client = await harness.login()
+    await client.send_raw(golden("0055-c2s-COUNTER_REQUEST.msgpack"))
+    response = await client.receive()
+    assert isinstance(response, CounterResponse)
+    assert pairs(response) == {"p": {}, "n": {}, "positive": {}, "negative": {}}
+    for _ in range(2):
+        await client.send_raw(golden("0057-c2s-COUNTER_SYNC.msgpack"))
+        update = await client.receive()
+        assert isinstance(update, CounterUpdate)
+        assert update.payload.state.p == {"node-A-rwvjtvb": 5}
+    await client.send_raw(golden("0061-c2s-COUNTER_REQUEST.msgpack"))
+    assert isinstance(await client.receive(), CounterResponse)
+    await client.send_raw(golden("0062-c2s-COUNTER_SYNC.msgpack"))
+    update = await client.receive()
+    assert isinstance(update, CounterUpdate)
+    assert update.payload.name == "likes-api-rwvjtvb"
+    assert pairs(update)["positive"] == {"N1-rwvjtvb-6b6390b5": 5}
+    assert pairs(update)["p"] == {"N1-rwvjtvb-6b6390b5": 5}

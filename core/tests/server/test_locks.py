@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -378,3 +379,39 @@ async def test_the_expiry_loop_frees_leases_without_a_manual_sweep(
         tg.cancel_scope.cancel()
     assert waiter.sent[0].payload.fencing_token == 2
     assert manager.holder("job") is waiter
+
+
+GOLDEN_FRAMES = Path(__file__).resolve().parents[3].parent / "shared" / "golden-frames"
+
+
+def golden(name: str) -> bytes:
+    path = GOLDEN_FRAMES / name
+    if not path.is_file():
+        pytest.skip(f"golden frame corpus not found at {GOLDEN_FRAMES}")
+    return path.read_bytes()
+
+
+def golden_decoded(name: str) -> Any:
+    return msgspec.msgpack.decode(golden(name))
+
+
+async def test_the_captured_lock_scenario_replays_to_the_captured_replies(harness: Any) -> None:
+    """Golden frames 0064–0071 (scenario i), sent as captured by two TS clients."""
+    one, two = await harness.login(), await harness.login()
+    replies = {}
+    for client, request_frame, reply_frame in (
+        (one, "0064-c2s-LOCK_REQUEST.msgpack", "0065-s2c-LOCK_GRANTED.msgpack"),
+        (two, "0066-c2s-LOCK_REQUEST.msgpack", None),
+        (one, "0067-c2s-LOCK_RELEASE.msgpack", "0069-s2c-LOCK_RELEASED.msgpack"),
+        (two, None, "0068-s2c-LOCK_GRANTED.msgpack"),
+        (two, "0070-c2s-LOCK_RELEASE.msgpack", "0071-s2c-LOCK_RELEASED.msgpack"),
+    ):
+        if request_frame is not None:
+            await client.send_raw(golden(request_frame))
+        if reply_frame is None:
+            await synced(client)
+            continue
+        reply = await client.receive()
+        replies[reply_frame] = msgspec.to_builtins(reply)
+        assert replies[reply_frame] == golden_decoded(reply_frame)
+    assert len(replies) == 4

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from topgun.protocol import (
@@ -243,3 +245,31 @@ def test_registry_encodes_once_and_skips_the_publisher() -> None:
     registry.drop(a)
     assert registry.topics_of(a) == frozenset()
     assert registry.subscriber_count("t") == 2
+
+
+GOLDEN_FRAMES = Path(__file__).resolve().parents[3].parent / "shared" / "golden-frames"
+
+
+def golden(name: str) -> bytes:
+    path = GOLDEN_FRAMES / name
+    if not path.is_file():
+        pytest.skip(f"golden frame corpus not found at {GOLDEN_FRAMES}")
+    return path.read_bytes()
+
+
+async def test_the_captured_topic_scenario_delivers_like_the_reference(harness: Any) -> None:
+    """Golden frames 0051–0054 (scenario g): the captured publishes reach the captured
+    subscriber as `TOPIC_MESSAGE`s with the same fields as the reference server's."""
+    publisher, subscriber = await harness.login(), await harness.login()
+    await subscriber.send_raw(golden("0051-c2s-TOPIC_SUB.msgpack"))
+    await synced(subscriber)
+    await publisher.send_raw(golden("0052-c2s-TOPIC_PUB.msgpack"))
+    await publisher.send_raw(golden("0053-c2s-TOPIC_PUB.msgpack"))
+    captured_batch = msgspec.msgpack.decode(golden("0054-s2c-BATCH.msgpack"))
+    assert captured_batch["count"] == 2
+    for expected in ({"text": "hello", "n": 1}, {"text": "world", "n": 2}):
+        message = await subscriber.receive()
+        assert isinstance(message, TopicMessage)
+        wire = msgspec.to_builtins(message)
+        assert sorted(wire["payload"]) == ["data", "publisherId", "timestamp", "topic"]
+        assert (wire["payload"]["topic"], wire["payload"]["data"]) == ("chat-robekzv", expected)
