@@ -11,8 +11,9 @@ all hand the lock to the next waiter still connected and not waiting longer than
 lock's state (which is discarded once the lock is free with nobody waiting) and is stored in
 the storage meta area (namespace `"locks"`, 8 bytes big-endian). A token is committed to
 storage *before* its `LOCK_GRANTED` is sent, so after a restart the counter resumes above
-every token a client ever saw. Submissions to storage are made in token order under one
-lock, so a later commit never stores a smaller value. A grant whose token cannot be stored
+every token a client ever saw (a renewal's `LOCK_GRANTED` waits for that commit too).
+Submissions to storage are made in token order under one lock, so a later commit never
+stores a smaller value. A grant whose token cannot be stored
 is not sent: the requester gets `ERROR 500` and the lock moves on.
 
 Expiry uses a heap of deadlines (no scan over all locks): `expire(now)` pops what is due;
@@ -120,6 +121,8 @@ class LockManager:
         self.wait_timeout_ms = wait_timeout_ms
         self._locks: dict[str, _Lock] = {}
         self._tokens: dict[str, int] = {}
+        self._durable: dict[str, int] = {}
+        """The highest token of each name known to be committed to storage."""
         self._by_client: dict[LockClient, set[str]] = {}
         """The lock names each client asked for (what its disconnect must clean up)."""
         self._deadlines: list[tuple[int, int, str]] = []
@@ -131,6 +134,7 @@ class LockManager:
         """Resume every lock name's token counter from storage; store new tokens via `store`."""
         for name, blob in (await backend.load_meta(META_NAMESPACE)).items():
             self._tokens[name] = max(self._tokens.get(name, 0), decode_token(name, blob))
+            self._durable[name] = self._tokens[name]
         self._store = store
 
     # -- queries ------------------------------------------------------------------------------
@@ -166,16 +170,10 @@ class LockManager:
         grants = [] if lock is None else self._expire_holder(name, lock, now)
         lock = self._locks.setdefault(name, lock or _Lock())
         self._by_client.setdefault(client, set()).add(name)
-        if lock.holder is client:
+        if lock.holder is client:  # a renewal: same token (sent once it is committed)
             lock.expiry_ms = now + ttl_ms
             self._schedule(lock.expiry_ms, name)
-            client.send(
-                LockGranted(
-                    payload=LockGrantedPayload(
-                        request_id=request_id, name=name, fencing_token=lock.token
-                    )
-                )
-            )
+            grants.append((name, _Request(client, request_id, ttl_ms, now), lock.token))
         else:
             lock.waiters.append(_Request(client, request_id, ttl_ms, now))
             self._schedule(now + self.wait_timeout_ms, name)
@@ -194,6 +192,8 @@ class LockManager:
         released = lock.holder is client and lock.token == token
         if released:
             lock.holder = None
+            if all(w.client is not client for w in lock.waiters):
+                self._by_client.get(client, set()).discard(name)
             grants += self._grant_next(name, lock, now)
         await self._send_grants(grants)
         return released
@@ -280,7 +280,7 @@ class LockManager:
     async def _send_grants(self, grants: list[tuple[str, _Request, int]]) -> None:
         """Commit each granted token to storage, then send `LOCK_GRANTED`."""
         for name, waiter, token in grants:
-            if await self._persist(name):
+            if self._durable.get(name, 0) >= token or await self._persist(name):
                 waiter.client.send(
                     LockGranted(
                         payload=LockGrantedPayload(
@@ -310,6 +310,7 @@ class LockManager:
         except StorageError as exc:
             logger.error("storing the fencing token of lock %r failed: %s", name, exc)
             return False
+        self._durable[name] = max(self._durable.get(name, 0), value)
         return True
 
 
