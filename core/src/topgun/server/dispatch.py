@@ -21,6 +21,9 @@ from topgun.protocol import (
     EntryProcessBatch,
     HybridQuerySubscribe,
     HybridQueryUnsubscribe,
+    ListResolvers,
+    RegisterResolver,
+    UnregisterResolver,
     JournalRead,
     JournalSubscribe,
     JournalUnsubscribe,
@@ -44,6 +47,7 @@ from topgun.protocol import (
 from topgun.server.journal import journal_read, journal_subscribe, journal_unsubscribe
 from topgun.server.processors import entry_process, entry_process_batch
 from topgun.server.queries import query_sub, query_unsub
+from topgun.server.resolvers import list_resolvers, register_resolver, unregister_resolver
 from topgun.server.sync import (
     merkle_req_bucket,
     ormap_diff_request,
@@ -212,6 +216,9 @@ _IMPLEMENTED: Final[dict[type[Message], Handler]] = {
     JournalRead: journal_read,
     EntryProcess: entry_process,
     EntryProcessBatch: entry_process_batch,
+    RegisterResolver: register_resolver,
+    UnregisterResolver: unregister_resolver,
+    ListResolvers: list_resolvers,
 }
 
 HANDLERS: Final[dict[type[Message], Handler]] = {

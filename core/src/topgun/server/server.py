@@ -39,6 +39,7 @@ from topgun.server.expiry import ExpirySchedule
 from topgun.server.gc import TombstoneGC
 from topgun.server.journal import Journal
 from topgun.server.processors import EntryProcessors
+from topgun.server.resolvers import ConflictResolvers
 from topgun.server.maps import MapRegistry
 from topgun.server.metrics import ServerMetrics
 from topgun.server.security import Security
@@ -121,6 +122,14 @@ class Server:
             timeout_ms=config.processors.timeout_ms,
             max_abandoned=config.processors.max_abandoned,
         )
+        self.resolvers = ConflictResolvers.collect(
+            self.pm,
+            maps=self.maps,
+            writes=self.writes,
+            security=self.security,
+            node_id=self.node_id,
+        )
+        self.writes.resolve = self.resolvers.resolve
         self.gc = TombstoneGC(
             maps=self.maps,
             clock=self.clock,
@@ -172,6 +181,7 @@ class Server:
             if self.journal is not None:
                 await self.journal.load(backend)
             self.expiry.load()
+            await self.resolvers.load(backend)
             writer = await stack.enter_async_context(StorageWriter(backend))
             self.storage_writer = self.maps.writer = writer
             self.metrics.watch_storage(

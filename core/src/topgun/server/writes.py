@@ -16,7 +16,7 @@ Every failure is per op: an op that fails does not stop the others (§5.2).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -236,6 +236,9 @@ class WritePipeline:
         self.router = router
         self.observers: list[ChangeObserver] = []
         """Called for every op that changed a map (journal, TTL schedule)."""
+        self.resolve: Callable[[ClientOp, WriteContext], Awaitable[ClientOp]] | None = None
+        """Step 6, the conflict-resolver chain (`topgun.server.resolvers`): the op as the
+        chain leaves it, or `OpFailed` (409) on a rejection."""
 
     async def apply(
         self,
@@ -283,7 +286,14 @@ class WritePipeline:
             request.ops.append(state)
             try:
                 await self._apply_one(
-                    state, op, context, combined, intercept, removal_needs_live_tag, granted
+                    state,
+                    op,
+                    context,
+                    combined,
+                    intercept,
+                    removal_needs_live_tag,
+                    granted,
+                    trusted,
                 )
             except OpFailed as failure:
                 state.fail(failure.reason, failure.code)
@@ -330,6 +340,7 @@ class WritePipeline:
         intercept: bool,
         live_only: bool,
         granted: dict[tuple[str, Action], bool],
+        trusted: bool,
     ) -> None:
         op_type, action, kind = classify(op)
         self._authorize(op, op_type, action, context, live_only, granted)
@@ -341,7 +352,8 @@ class WritePipeline:
                 op_type, action, kind = classify(op)
                 self._authorize(op, op_type, action, context, live_only, granted)
                 self._check_kind(op.map_name, kind)
-        # Conflict resolvers (§6.1 step 6, §8.2) take their place here, before the merge.
+        if self.resolve is not None and op_type in ("PUT", "REMOVE") and not trusted:
+            state.op = op = await self.resolve(op, context)  # §6.1 step 6, §8.2
         lww = self.maps.lww(op.map_name) if self.observers else None
         previous = lww.get_record(op.key) if lww is not None else None
         try:
