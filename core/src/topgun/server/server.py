@@ -139,8 +139,6 @@ class Server:
         )
         self.handlers: dict[type[Message], Handler] = dict(HANDLERS)
         """Client message class -> handler (`topgun.server.dispatch.HANDLERS`)."""
-        self.handlers: dict[type[Message], Handler] = dict(HANDLERS)
-        """Client message class -> handler (`topgun.server.dispatch.HANDLERS`)."""
         self.shutdown_grace_seconds = SHUTDOWN_GRACE_SECONDS
         self.ready = False
         """True once every map is loaded and connections are accepted."""
