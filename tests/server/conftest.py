@@ -41,6 +41,7 @@ from topgun.protocol import (
     Auth,
     AuthAck,
     AuthRequired,
+    QueryUpdate,
     ServerMessage,
     decode_server_frame,
     encode,
@@ -129,6 +130,15 @@ class RawClient:
     async def expect(self, kind: type[T], timeout: float = DEADLINE) -> T:
         """The next message, which must be a `kind`."""
         message = await self.recv(timeout)
+        assert isinstance(message, kind), f"expected {kind.__name__}, got {message!r}"
+        return message
+
+    async def expect_past_updates(self, kind: type[T], timeout: float = DEADLINE) -> T:
+        """The next message that is not a `QUERY_UPDATE` (the live query deltas a write
+        brings its subscribers, the writer included), which must be a `kind`."""
+        message = await self.recv(timeout)
+        while isinstance(message, QueryUpdate):
+            message = await self.recv(timeout)
         assert isinstance(message, kind), f"expected {kind.__name__}, got {message!r}"
         return message
 

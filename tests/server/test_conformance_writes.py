@@ -264,13 +264,13 @@ async def test_p30_a_replayed_batch_succeeds_and_makes_no_event(live_server: Any
     first = batch(lww("a", 1, stamp(0), op_id="1"), lww("b", 2, stamp(1), op_id="2"))
     await writer.send(first)
     await writer.expect(OpAck)
-    assert isinstance(await watcher.recv(), ServerBatchEvent)
+    assert isinstance(await watcher.recv(), ServerBatchEvent)  # then QUERY_UPDATEs a, b
     await writer.send(first)
     replay = await writer.expect(OpAck)
     assert [r.success for r in replay.payload.results] == [True, True]
     await writer.send(batch(lww("c", 3, stamp(2), op_id="3")))
     await writer.expect(OpAck)
-    event = await watcher.expect(ServerEvent)
+    event = await watcher.expect_past_updates(ServerEvent)
     assert event.payload.key == "c"
     for client in (watcher, writer):
         await client.aclose()
@@ -336,8 +336,8 @@ async def test_p33_events_reach_other_subscribers_only_with_their_types(
         await writer.send(
             batch(lww("a", 1, stamp(0), op_id="1"), lww("b", None, stamp(1), op_id="2"))
         )
-        await writer.expect(OpAck)
-        events = await subscriber.expect(ServerBatchEvent)
+        await writer.expect_past_updates(OpAck)  # its own live query's QUERY_UPDATE first
+        events = await subscriber.expect_past_updates(ServerBatchEvent)
         assert [(e.event_type, e.key) for e in events.payload.events] == [
             ("PUT", "a"),
             ("REMOVE", "b"),
@@ -350,11 +350,11 @@ async def test_p33_events_reach_other_subscribers_only_with_their_types(
             )
         )
         await writer.expect(OpAck)
-        added = await subscriber.expect(ServerEvent)
+        added = await subscriber.expect_past_updates(ServerEvent)
         assert (added.payload.event_type, added.payload.or_record.value) == ("OR_ADD", "x")
         await writer.send(batch(ClientOp(map_name="tags", key="t", id="4", or_tag=str(ts))))
         await writer.expect(OpAck)
-        removed = await subscriber.expect(ServerEvent)
+        removed = await subscriber.expect_past_updates(ServerEvent)
         assert (removed.payload.event_type, removed.payload.or_tag) == ("OR_REMOVE", str(ts))
 
         # Neither the writer nor the bystander received anything: their next message is

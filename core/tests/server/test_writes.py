@@ -25,6 +25,7 @@ from topgun.protocol import (
     QueryResp,
     QuerySub,
     QuerySubPayload,
+    QueryUpdate,
 )
 from topgun.server import HLCConfig, Policy
 from topgun.server.writes import OpFailed, classify
@@ -179,6 +180,10 @@ async def test_replaying_a_batch_succeeds_without_new_events_p30(harness: Any) -
     assert isinstance(await writer.receive(), OpAck)
     first = await watcher.receive()
     assert first.payload.events[0].key == "a"
+    for key in ("a", "b"):  # the live query's deltas follow the event
+        update = await watcher.receive()
+        assert isinstance(update, QueryUpdate)
+        assert update.payload.key == key
     await writer.send(ops)
     replay = await writer.receive()
     assert isinstance(replay, OpAck)

@@ -49,6 +49,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "topgun.cli",
     "topgun.server.security",
     "topgun.server.websocket",
+    "topgun.search.providers",
     "topgun.storage.memory",
     "topgun.storage.sqlite",
 )

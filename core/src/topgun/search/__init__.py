@@ -14,6 +14,7 @@ from topgun.search.bm25 import (
 )
 from topgun.search.fusion import RRF_K, reciprocal_rank_fusion
 from topgun.search.live import SCORE_EPSILON, LiveSearches, SearchChange
+from topgun.search.providers import SearchIndex, SearchProvider
 from topgun.search.tokenizer import (
     ENGLISH_STOP_WORDS,
     MAX_TOKEN_LENGTH,
@@ -34,6 +35,8 @@ __all__ = [
     "SearchChange",
     "SearchError",
     "SearchHit",
+    "SearchIndex",
+    "SearchProvider",
     "SearchResult",
     "analyze",
     "reciprocal_rank_fusion",

@@ -16,7 +16,8 @@ from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, TypeVar
 
-from topgun.search.bm25 import DEFAULT_MAX_RESULTS, BM25Index, SearchHit, SearchResult
+from topgun.search.bm25 import DEFAULT_MAX_RESULTS, SearchHit, SearchResult
+from topgun.search.providers import SearchIndex
 
 __all__ = ["SCORE_EPSILON", "LiveSearches", "SearchChange"]
 
@@ -49,7 +50,7 @@ class _Search(Generic[K]):
     max_results: int
     window: dict[str, SearchHit] = field(default_factory=dict)
 
-    def run(self, index: BM25Index) -> SearchResult:
+    def run(self, index: SearchIndex) -> SearchResult:
         return index.search(
             self.query,
             limit=self.limit,
@@ -75,7 +76,7 @@ class LiveSearches(Generic[K]):
         self,
         sub_id: K,
         map_name: str,
-        index: BM25Index,
+        index: SearchIndex,
         query: str,
         *,
         limit: int | None = None,
@@ -101,7 +102,7 @@ class LiveSearches(Generic[K]):
         self,
         map_name: str,
         changed: Collection[str],
-        index: BM25Index,
+        index: SearchIndex,
         value_of: Callable[[str], Any],
     ) -> Iterator[tuple[K, list[SearchChange]]]:
         """The window changes of every live search on `map_name` after the documents

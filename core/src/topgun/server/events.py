@@ -2,8 +2,9 @@
 
 The changes of one request go to each recipient as one message: `SERVER_EVENT` for one
 change, `SERVER_BATCH_EVENT` for more, with the server's `hlc.now()` as the top-level
-`timestamp`. Recipients are the authenticated sessions holding a subscription on the
-changed map, other than the one that made the change, and only if they may READ the map;
+`timestamp`. Recipients are the authenticated sessions holding a live query on the changed
+map that matches the key before or after the change (a watcher says which:
+`topgun.server.live`), other than the one that made the change, and only if they may READ;
 every value is filtered by the recipient's field-level security, and an event whose value is
 withheld is not sent to that recipient at all. Recipients that see the same events share
 one encoded frame.
@@ -11,7 +12,7 @@ one encoded frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -26,6 +27,9 @@ from topgun.protocol import (
 )
 from topgun.server.permissions import WITHHELD, FieldFilter
 from topgun.server.subscriptions import SubscriptionRegistry
+
+Interest = Mapping[tuple[str, str], Collection["Recipient"]]
+"""(map, key) -> the sessions a change of that key is for."""
 
 
 class Recipient(Hashable, Protocol):
@@ -81,6 +85,12 @@ class EventRouter:
         self.hlc = hlc
         self.field_filter = field_filter
         self.encode = encode
+        self.watchers: list[Callable[[Sequence[EventPayload]], Interest | None]] = []
+        """Told of every request's changes before they are routed (live queries, live
+        searches). A watcher returning an `Interest` narrows each change's recipients to
+        the sessions it names for that (map, key) (live queries matching the key)."""
+        self.after_delivery: list[Callable[[], None]] = []
+        """Called once the events are queued (live query updates follow their events)."""
 
     def deliver(self, events: Sequence[EventPayload], origin: Recipient | None) -> int:
         """Send `events` (the changes of one request, in order) to their recipients.
@@ -90,6 +100,20 @@ class EventRouter:
         """
         if not events:
             return 0
+        interest: Interest | None = None
+        for watcher in self.watchers:
+            narrowed = watcher(events)
+            if narrowed is not None:
+                interest = narrowed
+        try:
+            return self._route(events, origin, interest)
+        finally:
+            for after in self.after_delivery:
+                after()
+
+    def _route(
+        self, events: Sequence[EventPayload], origin: Recipient | None, interest: Interest | None
+    ) -> int:
         # Per map: the recipients and what they may see of it.
         audiences: dict[str, list[tuple[Recipient, FieldFilter]]] = {}
         for event in events:
@@ -106,7 +130,10 @@ class EventRouter:
         inbox: dict[Recipient, list[EventPayload]] = {}
         shown: dict[tuple[int, FieldFilter], EventPayload | None] = {}
         for index, event in enumerate(events):
+            wanted = None if interest is None else interest.get((event.map_name, event.key), ())
             for session, fields in audiences[event.map_name]:
+                if wanted is not None and session not in wanted:
+                    continue
                 key = (index, fields)
                 if key not in shown:
                     shown[key] = filtered_event(event, fields)
