@@ -38,10 +38,10 @@ from topgun.server.events import EventRouter, Recipient
 from topgun.server.expiry import ExpirySchedule
 from topgun.server.gc import TombstoneGC
 from topgun.server.journal import Journal
-from topgun.server.processors import EntryProcessors
-from topgun.server.resolvers import ConflictResolvers
 from topgun.server.maps import MapRegistry
 from topgun.server.metrics import ServerMetrics
+from topgun.server.processors import EntryProcessors
+from topgun.server.resolvers import ConflictResolvers
 from topgun.server.security import Security
 from topgun.server.session import CLIENT_CLOSED, SHUTDOWN_RETRY_AFTER_MS, Session
 from topgun.server.subscriptions import SubscriptionRegistry
