@@ -21,12 +21,10 @@ from topgun.protocol import (
     EntryProcessBatch,
     HybridQuerySubscribe,
     HybridQueryUnsubscribe,
-    ListResolvers,
-    RegisterResolver,
-    UnregisterResolver,
     JournalRead,
     JournalSubscribe,
     JournalUnsubscribe,
+    ListResolvers,
     MerkleReqBucket,
     Message,
     OpAck,
@@ -42,7 +40,9 @@ from topgun.protocol import (
     Ping,
     QuerySub,
     QueryUnsub,
+    RegisterResolver,
     SyncInit,
+    UnregisterResolver,
 )
 from topgun.server.journal import journal_read, journal_subscribe, journal_unsubscribe
 from topgun.server.processors import entry_process, entry_process_batch
