@@ -41,17 +41,15 @@ from topgun.protocol import (
     QuerySub,
     QueryUnsub,
     RegisterResolver,
-    Search,
-    SearchSub,
-    SearchUnsub,
     SyncInit,
     UnregisterResolver,
 )
+from topgun.server.counters import COUNTER_HANDLERS
 from topgun.server.journal import journal_read, journal_subscribe, journal_unsubscribe
+from topgun.server.locks import LOCK_HANDLERS
 from topgun.server.processors import entry_process, entry_process_batch
 from topgun.server.queries import query_sub, query_unsub
 from topgun.server.resolvers import list_resolvers, register_resolver, unregister_resolver
-from topgun.server.search import search, search_sub, search_unsub
 from topgun.server.sync import (
     merkle_req_bucket,
     ormap_diff_request,
@@ -60,6 +58,7 @@ from topgun.server.sync import (
     ormap_sync_init,
     sync_init,
 )
+from topgun.server.topics import TOPIC_HANDLERS
 from topgun.server.writes import (
     DEFAULT_WRITE_CONCERN,
     WriteContext,
@@ -215,9 +214,6 @@ _IMPLEMENTED: Final[dict[type[Message], Handler]] = {
     QueryUnsub: query_unsub,
     HybridQuerySubscribe: hybrid_query_subscribe,
     HybridQueryUnsubscribe: ignore,
-    Search: search,
-    SearchSub: search_sub,
-    SearchUnsub: search_unsub,
     JournalSubscribe: journal_subscribe,
     JournalUnsubscribe: journal_unsubscribe,
     JournalRead: journal_read,
@@ -226,6 +222,9 @@ _IMPLEMENTED: Final[dict[type[Message], Handler]] = {
     RegisterResolver: register_resolver,
     UnregisterResolver: unregister_resolver,
     ListResolvers: list_resolvers,
+    **TOPIC_HANDLERS,
+    **LOCK_HANDLERS,
+    **COUNTER_HANDLERS,
 }
 
 HANDLERS: Final[dict[type[Message], Handler]] = {

@@ -31,23 +31,23 @@ from topgun.hooks import (
     make_plugin_manager,
 )
 from topgun.protocol import Codec, Message, ShutdownPending
-from topgun.query import IndexSpec
 from topgun.server.auth import wall_clock_ms
 from topgun.server.config import ServerConfig, validate_config
+from topgun.server.counters import CounterRegistry
 from topgun.server.dispatch import HANDLERS, Handler
 from topgun.server.events import EventRouter, Recipient
 from topgun.server.expiry import ExpirySchedule
 from topgun.server.gc import TombstoneGC
 from topgun.server.journal import Journal
-from topgun.server.live import LiveQueryService
+from topgun.server.locks import LockManager
 from topgun.server.maps import MapRegistry
 from topgun.server.metrics import ServerMetrics
 from topgun.server.processors import EntryProcessors
 from topgun.server.resolvers import ConflictResolvers
-from topgun.server.search import SearchService, search_providers
 from topgun.server.security import Security
 from topgun.server.session import CLIENT_CLOSED, SHUTDOWN_RETRY_AFTER_MS, Session
 from topgun.server.subscriptions import SubscriptionRegistry
+from topgun.server.topics import TopicRegistry
 from topgun.server.transport import Transport
 from topgun.server.writes import WritePipeline
 from topgun.storage import StorageBackend, StorageWriter, open_storage
@@ -100,20 +100,6 @@ class Server:
             field_filter=self.security.field_filter,
             encode=self.codec.encode,
         )
-        self.live = LiveQueryService(
-            self.maps,
-            encode=self.codec.encode,
-            indexes={
-                name: [IndexSpec.parse(spec) for spec in options.indexes]
-                for name, options in config.maps.items()
-            },
-            adaptive_after=config.adaptive_index_after,
-        )
-        self.search = SearchService(
-            self.maps, config.maps, search_providers(self.pm), encode=self.codec.encode
-        )
-        self.router.watchers += [self.live.changed, self.search.changed]
-        self.router.after_delivery.append(self.live.flush)
         self.writes = WritePipeline(
             maps=self.maps, security=self.security, pm=self.pm, router=self.router
         )
@@ -156,6 +142,9 @@ class Server:
         )
         self.handlers: dict[type[Message], Handler] = dict(HANDLERS)
         """Client message class -> handler (`topgun.server.dispatch.HANDLERS`)."""
+        self.topics = TopicRegistry(clock=self.clock, encode=self.codec.encode)
+        self.locks = LockManager(clock=self.clock)
+        self.counters = CounterRegistry(node_id=self.node_id, encode=self.codec.encode)
         self.shutdown_grace_seconds = SHUTDOWN_GRACE_SECONDS
         self.ready = False
         """True once every map is loaded and connections are accepted."""
@@ -199,11 +188,14 @@ class Server:
             await self.resolvers.load(backend)
             writer = await stack.enter_async_context(StorageWriter(backend))
             self.storage_writer = self.maps.writer = writer
+            await self.locks.load(backend, writer.submit)
+            await self.counters.load(backend, writer.submit)
             self.metrics.watch_storage(
                 lambda: writer.queue_depth, lambda: writer.last_flush_seconds or 0.0
             )
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             self._task_group.start_soon(self._sweep_liveness)
+            self._task_group.start_soon(self.locks.run)
             self._task_group.start_soon(self.expiry.run)
             self._task_group.start_soon(self.gc.run)
             await call_hook_async(self.pm.hook.on_startup, server=self)
@@ -343,8 +335,9 @@ class Server:
     async def _disconnected(self, session: Session) -> None:
         self.sessions.discard(session)
         self.subscriptions.drop(session)
-        self.live.drop(session)
-        self.search.drop(session)
+        self.topics.drop(session)
+        self.counters.drop(session)
+        await self.locks.disconnected(session)
         if self.journal is not None:
             self.journal.drop(session)
         self._sessions_changed.set()
