@@ -24,6 +24,7 @@ from topgun.protocol import (
     QueryResp,
     QuerySub,
     QuerySubPayload,
+    QueryUpdate,
     ServerEvent,
 )
 from topgun.server import InMemoryClient
@@ -79,6 +80,19 @@ async def test_an_expired_record_becomes_a_tombstone_with_events_within_a_second
     lww = harness.server.maps.lww("m")
     assert lww.get_record("k") == tombstone
     assert await journal_types(writer) == [("PUT", "k"), ("DELETE", "k")]
+
+
+async def test_expiry_notifies_a_live_query_within_1_5_seconds(harness: Any) -> None:
+    """The live query whose result held the key gets QUERY_UPDATE REMOVE for it."""
+    writer = await harness.login()
+    watcher = await harness.login()
+    await write(writer, put("k", "v", ttl_ms=1000))
+    await subscribe(watcher)
+    harness.clock.advance(1001)
+    with anyio.fail_after(1.5):
+        update, _ = await watcher.receive_until(QueryUpdate, timeout=1.5)
+    assert (update.payload.query_id, update.payload.key) == ("q", "k")
+    assert update.payload.type == "REMOVE"
 
 
 async def test_a_record_replaced_before_its_expiry_is_not_expired(harness: Any) -> None:
