@@ -35,6 +35,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from topgun.hooks import PluginError, TopgunPluginManager, collect_registrations
+from topgun.query import IndexSpec
 from topgun.server.permissions import Policy
 
 ENV_PREFIX: Final = "TOPGUN_"
@@ -209,6 +210,30 @@ class ProcessorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     processors are refused (`"Processor timeout"`) until one finishes."""
 
 
+class MapOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the server keeps for one map: query indexes and full-text search
+    (`[maps.<name>]`; see docs/queries.md and docs/search.md)."""
+
+    indexes: tuple[str, ...] = ()
+    """Query indexes: `"hash:status"`, `"sorted:score"`, `"inverted:title"`,
+    `"compound:cat,score"` (`topgun.query.IndexSpec.parse`)."""
+    search_fields: tuple[NonEmptyStr, ...] = ()
+    """Fields indexed for full-text search (`SEARCH`, `SEARCH_SUB`); none: search is off."""
+    search_boosts: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = msgspec.field(
+        default_factory=dict
+    )
+    """Per-field score multipliers applied to every search of the map."""
+    search_provider: NonEmptyStr = "bm25"
+    """The search provider (`register_search_providers`) that indexes the map."""
+
+    def __post_init__(self) -> None:
+        for spec in self.indexes:
+            IndexSpec.parse(spec)  # ValueError -> a configuration error naming the key
+        unknown = sorted(set(self.search_boosts) - set(self.search_fields))
+        if unknown:
+            raise ValueError(f"search_boosts names fields not in search_fields: {unknown}")
+
+
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything `topgun serve` and `topgun.server.Server` are configured with."""
 
@@ -238,6 +263,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
     expiry: ExpiryConfig = msgspec.field(default_factory=ExpiryConfig)
     processors: ProcessorConfig = msgspec.field(default_factory=ProcessorConfig)
+    maps: dict[NonEmptyStr, MapOptions] = msgspec.field(default_factory=dict)
+    """Per-map options by map name: indexes and full-text search."""
+    adaptive_index_after: PositiveInt | None = None
+    """Build an index on a field once queries filtered on it this many times without one."""
     policies: tuple[Policy, ...] = ()
     """Role policies (PROTOCOL.md §4.3); none: only ADMIN may do anything."""
     sections: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -41,6 +41,9 @@ from topgun.protocol import (
     QuerySub,
     QueryUnsub,
     RegisterResolver,
+    Search,
+    SearchSub,
+    SearchUnsub,
     SyncInit,
     UnregisterResolver,
 )
@@ -50,6 +53,7 @@ from topgun.server.locks import LOCK_HANDLERS
 from topgun.server.processors import entry_process, entry_process_batch
 from topgun.server.queries import query_sub, query_unsub
 from topgun.server.resolvers import list_resolvers, register_resolver, unregister_resolver
+from topgun.server.search import search, search_sub, search_unsub
 from topgun.server.sync import (
     merkle_req_bucket,
     ormap_diff_request,
@@ -214,6 +218,9 @@ _IMPLEMENTED: Final[dict[type[Message], Handler]] = {
     QueryUnsub: query_unsub,
     HybridQuerySubscribe: hybrid_query_subscribe,
     HybridQueryUnsubscribe: ignore,
+    Search: search,
+    SearchSub: search_sub,
+    SearchUnsub: search_unsub,
     JournalSubscribe: journal_subscribe,
     JournalUnsubscribe: journal_unsubscribe,
     JournalRead: journal_read,

@@ -31,6 +31,7 @@ from topgun.hooks import (
     make_plugin_manager,
 )
 from topgun.protocol import Codec, Message, ShutdownPending
+from topgun.query import IndexSpec
 from topgun.server.auth import wall_clock_ms
 from topgun.server.config import ServerConfig, validate_config
 from topgun.server.counters import CounterRegistry
@@ -39,11 +40,13 @@ from topgun.server.events import EventRouter, Recipient
 from topgun.server.expiry import ExpirySchedule
 from topgun.server.gc import TombstoneGC
 from topgun.server.journal import Journal
+from topgun.server.live import LiveQueryService
 from topgun.server.locks import LockManager
 from topgun.server.maps import MapRegistry
 from topgun.server.metrics import ServerMetrics
 from topgun.server.processors import EntryProcessors
 from topgun.server.resolvers import ConflictResolvers
+from topgun.server.search import SearchService, search_providers
 from topgun.server.security import Security
 from topgun.server.session import CLIENT_CLOSED, SHUTDOWN_RETRY_AFTER_MS, Session
 from topgun.server.subscriptions import SubscriptionRegistry
@@ -100,6 +103,20 @@ class Server:
             field_filter=self.security.field_filter,
             encode=self.codec.encode,
         )
+        self.live = LiveQueryService(
+            self.maps,
+            encode=self.codec.encode,
+            indexes={
+                name: [IndexSpec.parse(spec) for spec in options.indexes]
+                for name, options in config.maps.items()
+            },
+            adaptive_after=config.adaptive_index_after,
+        )
+        self.search = SearchService(
+            self.maps, config.maps, search_providers(self.pm), encode=self.codec.encode
+        )
+        self.router.watchers += [self.live.changed, self.search.changed]
+        self.router.after_delivery.append(self.live.flush)
         self.writes = WritePipeline(
             maps=self.maps, security=self.security, pm=self.pm, router=self.router
         )
@@ -338,6 +355,8 @@ class Server:
         self.topics.drop(session)
         self.counters.drop(session)
         await self.locks.disconnected(session)
+        self.live.drop(session)
+        self.search.drop(session)
         if self.journal is not None:
             self.journal.drop(session)
         self._sessions_changed.set()
