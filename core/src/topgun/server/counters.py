@@ -61,8 +61,10 @@ class CounterSubscriber(Hashable, Protocol):
 
 
 class _Stored(msgspec.Struct):
-    p: dict[str, float]
-    n: dict[str, float]
+    """A counter as stored (integers stay integers, so sums stay exact)."""
+
+    p: dict[str, int | float]
+    n: dict[str, int | float]
 
 
 class CounterRegistry:
