@@ -299,3 +299,21 @@ async def test_an_ordinary_write_during_a_run_makes_it_run_again(harness: Any) -
         response, _ = await client.receive_until(EntryProcessResponse)
     assert calls == [None, 10]
     assert response.new_value == 11
+
+
+async def test_executions_are_rate_limited_per_connection(start: Any) -> None:
+    async with start(processors=ProcessorConfig(max_per_second=3)) as h:
+        client = await h.login()
+        other = await h.login()
+        answers = [await run(client, "k", "builtin:increment") for _ in range(4)]
+        assert [a.error for a in answers] == [None, None, None, "Rate limited"]
+        assert (await run(other, "k", "builtin:increment")).new_value == 4  # its own budget
+        h.clock.advance(1000)
+        assert (await run(client, "k", "builtin:increment")).new_value == 5
+
+
+async def test_args_over_one_mib_are_refused(harness: Any) -> None:
+    client = await harness.login()
+    response = await run(client, "k", "builtin:put_if_absent", "x" * (1024 * 1024))
+    assert (response.success, response.error) == (False, "Processor args exceed 1 MiB")
+    assert harness.server.maps.lww("m") is None

@@ -117,9 +117,15 @@ async def test_merge_decisions_replace_the_value_and_keep_the_remote_timestamp(
 ) -> None:
     client = await harness.login()
     await register(client, "builtin:numeric_max")
-    await write(client, put("n", 5), put("n", 3, T + 1))
+    await write(client, put("n", 5))
+    _, before = await write(client, put("n", 3, T + 1))
     record = harness.server.maps.lww("m").get_record("n")
     assert (record.value, record.timestamp) == (5, Timestamp(T + 1, 0, "c"))
+    # The writer's value was changed, so the writer hears what was applied (§6.2).
+    (event,) = [m for m in before if isinstance(m, ServerEvent)]
+    assert event.payload.record == record
+    _, before = await write(client, put("n", 8, T + 2))  # accepted as sent: no echo
+    assert not any(isinstance(m, ServerEvent) for m in before)
 
 
 async def test_key_patterns_and_priorities_choose_the_resolver(harness: Any) -> None:

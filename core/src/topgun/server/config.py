@@ -208,6 +208,8 @@ class ProcessorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_abandoned: PositiveInt = 4
     """At most this many timed-out processor threads may still be running; beyond that,
     processors are refused (`"Processor timeout"`) until one finishes."""
+    max_per_second: PositiveInt = 100
+    """Executions per connection per second; more are answered `"Rate limited"`."""
 
 
 class MapOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -13,6 +13,8 @@ run again on the new value. The callable runs in a worker thread under a deadlin
 the event loop keeps serving everyone. Python cannot stop a thread, so an abandoned
 processor keeps its thread until it returns; at most `processors.max_abandoned` such threads
 may exist, beyond that processors are refused (`"Processor timeout"`) until one returns.
+Each connection may run `processors.max_per_second` executions per second (`"Rate
+limited"` beyond), with `args` of at most 1 MiB.
 
 A new outcome is written through the write pipeline with the server's `hlc.now()` as the
 writer's own op (authorized as PUT, or REMOVE for deletes; intercepted by `before_op`;
@@ -25,12 +27,15 @@ import copy
 import enum
 import logging
 import threading
-from collections.abc import Mapping
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
+import msgspec
 from msgspec import UNSET
 
 from topgun.crdt import LWWRecord, Timestamp
@@ -57,6 +62,9 @@ if TYPE_CHECKING:
     from topgun.server.session import Session
 
 logger = logging.getLogger(__name__)
+
+MAX_ARGS_BYTES: Final = 1024 * 1024
+"""Larger `args` (msgpack-encoded) are refused."""
 
 MAX_ATTEMPTS: Final = 3
 """How often a processor runs again when the key changed under it before giving up."""
@@ -281,6 +289,8 @@ class EntryProcessors:
         security: Security,
         timeout_ms: int,
         max_abandoned: int,
+        max_per_second: int,
+        clock: Callable[[], int],
     ) -> None:
         self.processors = dict(processors)
         self.maps = maps
@@ -290,6 +300,9 @@ class EntryProcessors:
         self.max_abandoned = max_abandoned
         self.abandoned = 0
         """Worker threads of timed-out processors that have not returned yet."""
+        self.max_per_second = max_per_second
+        self.clock = clock
+        self._recent: weakref.WeakKeyDictionary[object, deque[int]] = weakref.WeakKeyDictionary()
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], tuple[anyio.Lock, int]] = {}
 
@@ -308,6 +321,18 @@ class EntryProcessors:
             processors[name] = registration.obj
         return cls(processors=processors, **options)
 
+    def admit(self, connection: object) -> bool:
+        """Count one execution for `connection`; False past `max_per_second` in the last
+        second (the execution is then refused with `"Rate limited"`)."""
+        now = self.clock()
+        recent = self._recent.setdefault(connection, deque())
+        while recent and recent[0] <= now - 1000:
+            recent.popleft()
+        if len(recent) >= self.max_per_second:
+            return False
+        recent.append(now)
+        return True
+
     async def process(
         self, context: WriteContext, map_name: str, key: str, name: str, args: Any
     ) -> ProcessResult:
@@ -315,6 +340,10 @@ class EntryProcessors:
         processor = self.processors.get(name)
         if processor is None:
             return ProcessResult(False, error=f"Unknown processor: {name}")
+        if context.connection is not None and not self.admit(context.connection):
+            return ProcessResult(False, error="Rate limited")
+        if len(msgspec.msgpack.encode(args)) > MAX_ARGS_BYTES:
+            return ProcessResult(False, error="Processor args exceed 1 MiB")
         if self.maps.kind(map_name) == "ormap":
             return ProcessResult(False, error="Entry processors require an LWW map")
         if not self.security.is_allowed(context.principal, map_name, "PUT"):

@@ -421,9 +421,12 @@ class ConflictResolvers:
                 raise OpFailed(f"Rejected by conflict resolver: {decision.reason}", 409)
             if isinstance(decision, Accept | Merge):
                 value = None if record.value is None else decision.value
-                return msgspec.structs.replace(
-                    op, record=LWWRecord(value, record.timestamp, record.ttl_ms)
-                )
+                decided = LWWRecord(value, record.timestamp, record.ttl_ms)
+                wins = local is None or record.timestamp > local.timestamp
+                if wins and not same_value(value, record.value):
+                    # The writer's own write comes back changed: tell it (§6.2).
+                    self._tell_writer(context, op.map_name, op.key, decided)
+                return msgspec.structs.replace(op, record=decided)
             if decision is not None:
                 logger.error(
                     "conflict resolver %r returned %r; expected Accept, Merge, Reject or "
@@ -432,6 +435,23 @@ class ConflictResolvers:
                     decision,
                 )
         return op
+
+    def _tell_writer(
+        self, context: WriteContext, map_name: str, key: str, record: LWWRecord
+    ) -> None:
+        send = getattr(context.connection, "send", None)  # a session; None for HTTP sync
+        if send is not None:
+            send(
+                ServerEvent(
+                    payload=EventPayload(
+                        map_name=map_name,
+                        key=key,
+                        event_type="PUT" if record.value is not None else "REMOVE",
+                        record=record,
+                    ),
+                    timestamp=self.maps.hlc.now(),
+                )
+            )
 
     async def _rejected(
         self, op: ClientOp, record: LWWRecord, reason: str, context: WriteContext
@@ -466,18 +486,7 @@ class ConflictResolvers:
             origin=cast("Recipient | None", connection),
             trusted=True,
         )
-        if send is not None:
-            send(
-                ServerEvent(
-                    payload=EventPayload(
-                        map_name=op.map_name,
-                        key=op.key,
-                        event_type="PUT" if current is not None else "REMOVE",
-                        record=compensation,
-                    ),
-                    timestamp=hlc.now(),
-                )
-            )
+        self._tell_writer(context, op.map_name, op.key, compensation)
 
 
 # -- handlers (dispatch table entries) ------------------------------------------------------

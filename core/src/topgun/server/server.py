@@ -141,6 +141,8 @@ class Server:
             security=self.security,
             timeout_ms=config.processors.timeout_ms,
             max_abandoned=config.processors.max_abandoned,
+            max_per_second=config.processors.max_per_second,
+            clock=self.clock,
         )
         self.resolvers = ConflictResolvers.collect(
             self.pm,
