@@ -1,6 +1,7 @@
 """Queries and search: index plans vs full scans, live-query cost per write, BM25 throughput.
 
-    python3 dev.py run python bench/query.py [--rows N] [--queries Q] [--docs D] [--repeat R]
+    python3 dev.py run python bench/query.py [--rows N] [--million M] [--queries Q] [--docs D]
+                                             [--repeat R]
 
 1. Index plan vs full scan over N rows (default 100,000): an equality, a range with a sort
    and limit, an AND of three conditions, a `contains` and a limited sort on its own — each
@@ -9,7 +10,10 @@
 2. Live queries: Q standing queries (default 1,000) on one map, each filtering on its own
    owner (`where {owner: ...}`), plus sorted top-10 windows; the cost of one write's window
    transitions through `LiveQueries.apply`, and how many queries were looked at.
-3. BM25: indexing D documents (default 20,000, two text fields), and searches per second.
+3. The issue's targets on M records (default 1,000,000): indexed equality p50, a range query
+   returning 100 rows p50; and the server's cost per write with Q standing queries
+   (`topgun.server.live.LiveQueryService`, the path every applied change takes).
+4. BM25: indexing D documents (default 20,000, two text fields), and searches per second.
 
 Data comes from a fixed seed; each figure is the best of R runs.
 """
@@ -19,12 +23,18 @@ from __future__ import annotations
 import argparse
 import platform
 import random
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+from topgun.crdt import HLC, LWWRecord, Timestamp
+from topgun.protocol import Codec, EventPayload
 from topgun.query import IndexedMap, IndexSpec, LiveQueries, parse_query, plan, run_query
 from topgun.search import BM25Index
+from topgun.server.live import LiveQueryService
+from topgun.server.maps import MapRegistry
+from topgun.server.permissions import ALL_FIELDS
 
 NOW = 1_700_000_000_000
 _VOCABULARY = (
@@ -188,9 +198,122 @@ def bench_search(docs: int, repeat: int) -> None:
     print(f"  search 'merkle' with boost title x2:       {s * 1e3:7.2f} ms")
 
 
+def p50(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def bench_million(n: int) -> None:
+    """Issue targets on N records (default 1,000,000): an indexed equality query (p50 < 1 ms)
+    and a range query returning 100 rows (p50 < 5 ms), each over 200 different values."""
+    rng = random.Random(5)
+    table = IndexedMap([IndexSpec("hash", ("owner",)), IndexSpec("sorted", ("score",))])
+    start = time.perf_counter()
+    for i in range(n):
+        table.set(f"r{i:07}", {"owner": f"u{rng.randrange(n // 10)}", "score": rng.random()})
+    print(
+        f"  indexing {n:,} records (hash owner, sorted score): {time.perf_counter() - start:.1f} s"
+    )
+    eq_times, eq_rows = [], 0
+    for i in range(200):
+        query = parse_query({"where": {"owner": f"u{i * 37}"}})
+        t0 = time.perf_counter()
+        result = run_query(query, table, now_ms=NOW)
+        eq_times.append(time.perf_counter() - t0)
+        eq_rows += len(result.rows)
+    print(
+        f"  indexed equality (≈10 rows each): p50 {p50(eq_times) * 1e3:.3f} ms, "
+        f"max {max(eq_times) * 1e3:.3f} ms ({eq_rows / 200:.1f} rows avg) — target p50 < 1 ms"
+    )
+    width = 100 / n  # scores are uniform in [0, 1): this width holds ≈100 rows
+    range_times, range_rows = [], 0
+    for i in range(200):
+        low = i / 200 * (1 - width)
+        query = parse_query(
+            {
+                "predicate": {
+                    "op": "and",
+                    "children": [
+                        {"op": "gte", "attribute": "score", "value": low},
+                        {"op": "lt", "attribute": "score", "value": low + width},
+                    ],
+                },
+                "sort": {"score": "asc"},
+            }
+        )
+        t0 = time.perf_counter()
+        result = run_query(query, table, now_ms=NOW)
+        range_times.append(time.perf_counter() - t0)
+        range_rows += len(result.rows)
+    print(
+        f"  range query (≈100 rows each, sorted): p50 {p50(range_times) * 1e3:.3f} ms, "
+        f"max {max(range_times) * 1e3:.3f} ms ({range_rows / 200:.1f} rows avg) "
+        "— target p50 < 5 ms"
+    )
+
+
+def bench_server_writes(queries: int, repeat: int) -> None:
+    """The server's cost per write with `queries` standing queries on the map: the change
+    through `LiveQueryService.changed` (view update, standing-query lookup, window
+    transitions, QUERY_UPDATE encoding, event routing) — target < 50 µs."""
+    maps = MapRegistry(HLC("bench", lambda: NOW))
+    codec = Codec()
+    live = LiveQueryService(maps, encode=codec.encode)
+    rng = random.Random(13)
+
+    def put(key: str, value: Any, millis: int) -> list[EventPayload]:
+        with maps.recording() as recording:
+            maps.merge_lww("tasks", key, LWWRecord(value, Timestamp(millis, 0, "w")))
+        return recording.events
+
+    for i in range(20_000):
+        put(f"row-{i:05}", {"owner": f"user-{i % queries}", "score": rng.randrange(1000)}, 1)
+    sessions = [_Session() for _ in range(queries // 10)]
+    for i in range(queries):
+        query = parse_query({"where": {"owner": f"user-{i}"}, "sort": {"score": "desc"}})
+        live.subscribe(sessions[i % len(sessions)], f"q{i}", "tasks", query, ALL_FIELDS, now_ms=NOW)
+    writes = [
+        (f"row-{rng.randrange(20_000):05}", f"user-{rng.randrange(queries)}") for _ in range(5_000)
+    ]
+    millis = 2
+
+    def run() -> int:
+        nonlocal millis
+        routed = 0
+        for key, owner in writes:
+            millis += 1
+            events = put(key, {"owner": owner, "score": rng.randrange(1000)}, millis)
+            interest = live.changed(events)
+            live.flush()
+            routed += sum(len(s) for s in interest.values())
+        return routed
+
+    seconds, routed = best(repeat, run)
+    sent = sum(s.sent for s in sessions)
+    print(
+        f"  {queries:,} standing queries ({len(sessions)} sessions), {len(writes):,} writes: "
+        f"{seconds / len(writes) * 1e6:.1f} µs per write incl. the map merge "
+        f"({routed / len(writes):.2f} sessions routed, "
+        f"{sent / repeat / len(writes):.2f} QUERY_UPDATEs per write) — target < 50 µs"
+    )
+
+
+class _Session:
+    """A recipient that counts what it is sent."""
+
+    principal = None
+    is_open = True
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send_frame(self, frame: bytes, message_type: str) -> None:
+        self.sent += 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--million", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--docs", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
@@ -198,8 +321,12 @@ def main() -> None:
     print(f"python {platform.python_version()} on {platform.machine()}")
     print(f"index plan vs full scan, {args.rows:,} rows")
     bench_plans(args.rows, args.repeat)
+    print(f"issue targets on {args.million:,} records")
+    bench_million(args.million)
     print("live queries")
     bench_live(args.queries, args.repeat)
+    print("live queries in the server (LiveQueryService)")
+    bench_server_writes(args.queries, args.repeat)
     print("BM25 full-text search")
     bench_search(args.docs, args.repeat)
 

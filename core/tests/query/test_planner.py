@@ -193,6 +193,41 @@ def test_and_of_indexed_fields_intersects_and_applies_every_condition() -> None:
     assert [k for k, _ in result.rows] == ["k080"]
 
 
+def test_two_bounds_on_a_sorted_field_read_only_the_rows_between() -> None:
+    """`b >= 40 and b < 45`: one span of the sorted index (5 rows), not the larger of the
+    two half-open ranges."""
+    table = numbered(100)
+    query = parse_query(
+        {
+            "predicate": {
+                "op": "and",
+                "children": [
+                    {"op": "gte", "attribute": "b", "value": 40},
+                    {"op": "lt", "attribute": "b", "value": 45},
+                ],
+            }
+        }
+    )
+    chosen = plan(query, table)
+    assert chosen.steps == ("sorted(b) range",)
+    assert chosen.keys == {f"k{i:03}" for i in range(40, 45)}
+    assert [k for k, _ in run_query(query, table, now_ms=NOW).rows] == [
+        f"k{i:03}" for i in range(40, 45)
+    ]
+    empty = parse_query(
+        {
+            "predicate": {
+                "op": "and",
+                "children": [
+                    {"op": "gt", "attribute": "b", "value": 50},
+                    {"op": "lt", "attribute": "b", "value": 10},
+                ],
+            }
+        }
+    )
+    assert plan(empty, table).keys == set()
+
+
 def test_compound_index_answers_equalities_on_all_its_fields() -> None:
     table = IndexedMap([IndexSpec("compound", ("a", "b"))])
     for i in range(50):

@@ -5,7 +5,8 @@ candidate against the whole predicate, so it is always correct:
 
 - `and` starts from the smallest of its children's index lookups (a compound index answers
   several `eq` children at once), sized before any is built, and intersects it with the
-  lookups that already exist as sets (hash buckets, postings); every other child is applied
+  lookups that already exist as sets (hash buckets, postings); range children bounding the
+  same sorted field are one lookup of the span between their bounds; every other child is applied
   by the final check, so no large range is materialized only to be intersected away.
 - `or` unions its children's candidates, and needs every child to be indexed (else: scan).
 - `not` and `neq` never narrow: their answer includes rows that indexes do not hold (absent
@@ -178,6 +179,7 @@ def _candidates(predicate: Predicate, rows: IndexedMap) -> _Lookup | None:
             for c in reversed(predicate.children)
             if isinstance(c, Compare) and c.op == "eq"
         }
+        lookups += _ranges(predicate, rows)
         for compound in rows.compound_indexes():
             if all(f in equal for f in compound.fields):
                 label = f"compound({','.join(compound.fields)})"
@@ -202,6 +204,32 @@ def _candidates(predicate: Predicate, rows: IndexedMap) -> _Lookup | None:
             return None
         return _text(predicate, index)
     return None  # not, regex: evaluated row by row
+
+
+def _ranges(predicate: And, rows: IndexedMap) -> list[_Lookup]:
+    """One lookup per sorted field that two or more range children of `predicate` bound:
+    the intersection of their spans (`a >= x and a < y` reads only the rows in between)."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for child in predicate.children:
+        if isinstance(child, Compare) and child.op in ("gt", "gte", "lt", "lte"):
+            ranged = cast(SortedIndex | None, rows.index("sorted", child.attribute))
+            if ranged is not None:
+                spans.setdefault(child.attribute, []).append(
+                    ranged.compare_span(child.op, child.value)
+                )
+    lookups = []
+    for name, bounds in spans.items():
+        if len(bounds) < 2:
+            continue
+        ranged = cast(SortedIndex, rows.index("sorted", name))
+        lo = max(b[0] for b in bounds)
+        hi = max(lo, min(b[1] for b in bounds))
+        lookups.append(_built(f"sorted({name}) range", hi - lo, _between(ranged, lo, hi)))
+    return lookups
+
+
+def _between(index: SortedIndex, lo: int, hi: int) -> Callable[[], set[str]]:
+    return lambda: index.keys_between(lo, hi)
 
 
 def _compare(predicate: Compare, rows: IndexedMap) -> _Lookup | None:
