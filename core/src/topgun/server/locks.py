@@ -238,7 +238,10 @@ class LockManager:
         """Check leases and waiters every `EXPIRY_CHECK_MS` (runs until cancelled)."""
         while True:
             await anyio.sleep(EXPIRY_CHECK_MS / 1000)
-            await self.expire()
+            try:
+                await self.expire()
+            except Exception:  # keep sweeping: one bad lock must not stop every lease
+                logger.exception("the lock expiry sweep failed")
 
     # -- internals ----------------------------------------------------------------------------
 
