@@ -415,3 +415,23 @@ async def test_the_captured_lock_scenario_replays_to_the_captured_replies(harnes
         replies[reply_frame] = msgspec.to_builtins(reply)
         assert replies[reply_frame] == golden_decoded(reply_frame)
     assert len(replies) == 4
+
+
+async def test_the_expiry_loop_survives_a_failing_sweep(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("topgun.server.locks.EXPIRY_CHECK_MS", 1)
+    sweeps: list[int] = []
+
+    class Flaky(LockManager):
+        async def expire(self, now: int | None = None) -> int:
+            sweeps.append(len(sweeps))
+            if len(sweeps) == 1:
+                raise RuntimeError("boom")
+            return 0
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(Flaky(clock=lambda: 0).run)
+        await until(lambda: len(sweeps) >= 2)
+        tg.cancel_scope.cancel()
+    assert "the lock expiry sweep failed" in caplog.text
