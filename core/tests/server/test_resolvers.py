@@ -28,7 +28,16 @@ from topgun.protocol import (
     UnregisterResolver,
     UnregisterResolverResponse,
 )
-from topgun.server import InMemoryClient, Policy
+from topgun.server import (
+    AuthConfig,
+    InMemoryClient,
+    Policy,
+    Secret,
+    Server,
+    ServerConfig,
+    StorageConfig,
+)
+from topgun.server.config import ConfigError, ResolverBindingConfig
 from topgun.server.resolvers import (
     ABSTAIN,
     BUILTIN_RESOLVERS,
@@ -256,3 +265,34 @@ def test_builtin_resolvers(name: str, local: Any, remote: Any, expected: Any) ->
         read=lambda key: None,
     )
     assert BUILTIN_RESOLVERS[name][0](ctx) == expected
+
+
+async def test_configured_bindings_apply_and_clients_cannot_remove_them(start: Any) -> None:
+    configured = (ResolverBindingConfig(map_name="m", name="builtin:immutable", key_pattern="a*"),)
+    async with start(resolvers=configured) as h:
+        client = await h.login()
+        await write(client, put("a1", 1), put("b1", 1))
+        await write(client, put("a1", 2, T + 1), put("b1", 2, T + 1))
+        values = h.server.maps.lww("m")
+        assert (values.get("a1"), values.get("b1")) == (1, 2)
+        again = await register(client, "builtin:immutable", priority=1)
+        assert again.success is False
+        await client.send(
+            UnregisterResolver(request_id="u", map_name="m", resolver_name="builtin:immutable")
+        )
+        refused, _ = await client.receive_until(UnregisterResolverResponse)
+        assert refused.error == (
+            "Resolver builtin:immutable on map m comes from the server configuration"
+        )
+        assert await listed(client) == [("m", "builtin:immutable")]
+
+
+def test_a_configured_binding_of_an_unknown_resolver_is_a_config_error(tmp_path: Any) -> None:
+    config = ServerConfig(
+        data_dir=tmp_path,
+        storage=StorageConfig(backend="memory"),
+        auth=AuthConfig(jwt_secret=Secret("x" * 32)),
+        resolvers=(ResolverBindingConfig(map_name="m", name="builtin:nope"),),
+    )
+    with pytest.raises(ConfigError, match="unknown resolver 'builtin:nope' to map 'm'"):
+        Server(config, pm=make_plugin_manager(entry_points=(), environ={}))

@@ -200,6 +200,19 @@ class ExpiryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How often tombstone GC runs (tombstones older than `gc_age_ms` are pruned)."""
 
 
+class ResolverBindingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A conflict resolver bound to a map by the configuration (`[[resolvers]]`, §8.2);
+    clients cannot remove or replace it."""
+
+    map_name: NonEmptyStr
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    """A registered resolver (a `builtin:*` one or a plugin's)."""
+    priority: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    """Unset: the resolver's default priority."""
+    key_pattern: str | None = None
+    """A glob over keys (`*` any run, `?` one character); unset: every key."""
+
+
 class ProcessorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Entry processors (PROTOCOL.md §8.1)."""
 
@@ -265,6 +278,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
     expiry: ExpiryConfig = msgspec.field(default_factory=ExpiryConfig)
     processors: ProcessorConfig = msgspec.field(default_factory=ProcessorConfig)
+    resolvers: tuple[ResolverBindingConfig, ...] = ()
+    """Conflict resolvers bound to maps by the server (`[[resolvers]]`)."""
     maps: dict[NonEmptyStr, MapOptions] = msgspec.field(default_factory=dict)
     """Per-map options by map name: indexes and full-text search."""
     adaptive_index_after: PositiveInt | None = None

@@ -6,8 +6,9 @@ and the decision is `Accept(value)`, `Merge(value)`, `Reject(reason)` or `ABSTAI
 abstains too). The `builtin:*` resolvers of §8.2 are always registered; plugins add more
 through `register_conflict_resolvers`. Clients bind registered resolvers to maps by name with
 `REGISTER_RESOLVER` (priority, key pattern); bindings belong to the principal that made them,
-survive its disconnect and are persisted in the storage meta area. The `code` clients send
-is never looked at.
+survive its disconnect and are persisted in the storage meta area. The server configuration
+binds resolvers too (`[[resolvers]]`); clients cannot remove or replace those. The `code`
+clients send is never looked at.
 
 The chain is step 6 of the write pipeline, for client writes (`PUT` / `REMOVE`) of LWW maps
 with bindings: bindings by priority (highest first, ties by name), skipping those whose key
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -53,6 +54,7 @@ from topgun.protocol import (
     UnregisterResolver,
     UnregisterResolverResponse,
 )
+from topgun.server.config import ConfigError, ResolverBindingConfig
 from topgun.server.events import Recipient
 from topgun.server.expiry import ServerPrincipal
 from topgun.server.maps import MapRegistry
@@ -249,6 +251,8 @@ class Binding(msgspec.Struct, frozen=True):
     key_pattern: str | None = None
     owner: str | None = None
     """The `userId` of the principal that registered it."""
+    configured: bool = False
+    """Made by the server configuration: clients cannot remove or replace it."""
 
 
 @lru_cache(maxsize=256)
@@ -273,6 +277,7 @@ class ConflictResolvers:
         writes: WritePipeline,
         security: Security,
         node_id: str,
+        configured: Sequence[ResolverBindingConfig] = (),
     ) -> None:
         self.resolvers = dict(resolvers)
         self.maps = maps
@@ -281,6 +286,19 @@ class ConflictResolvers:
         self.node_id = node_id
         self.bindings: dict[str, dict[str, Binding]] = {}
         self._server_context = WriteContext(ServerPrincipal(node_id), None)
+        for entry in configured:
+            registered = self.resolvers.get(entry.name)
+            if registered is None:
+                known = ", ".join(sorted(self.resolvers))
+                raise ConfigError(
+                    f"[[resolvers]] binds unknown resolver {entry.name!r} to map "
+                    f"{entry.map_name!r} (registered: {known})"
+                )
+            priority = registered[1] if entry.priority is None else entry.priority
+            binding = Binding(
+                entry.map_name, entry.name, priority, entry.key_pattern, configured=True
+            )
+            self.bindings.setdefault(entry.map_name, {})[entry.name] = binding
 
     @classmethod
     def collect(cls, pm: TopgunPluginManager, **options: Any) -> ConflictResolvers:
@@ -308,7 +326,9 @@ class ConflictResolvers:
         stored = await backend.load_meta(BINDINGS_NAMESPACE)
         for raw in stored.values():
             binding = msgspec.msgpack.decode(raw, type=Binding)
-            self.bindings.setdefault(binding.map_name, {})[binding.name] = binding
+            bound = self.bindings.setdefault(binding.map_name, {})
+            if binding.name not in bound:  # a configured binding of that name wins
+                bound[binding.name] = binding
         return len(stored)
 
     async def _persist(self, map_name: str, name: str, binding: Binding | None) -> None:
@@ -335,6 +355,9 @@ class ConflictResolvers:
         if registered is None:
             return f"Unknown resolver: {name}"
         bound = self.bindings.setdefault(map_name, {})
+        existing = bound.get(name)
+        if existing is not None and existing.configured:
+            return f"Resolver {name} on map {map_name} comes from the server configuration"
         if name not in bound and len(bound) >= MAX_BINDINGS_PER_MAP:
             return f"Too many resolvers on map {map_name} (at most {MAX_BINDINGS_PER_MAP})"
         binding = Binding(
@@ -355,6 +378,8 @@ class ConflictResolvers:
         binding = self.bindings.get(map_name, {}).get(name)
         if binding is None:
             return f"Resolver {name} is not registered on map {map_name}"
+        if binding.configured:
+            return f"Resolver {name} on map {map_name} comes from the server configuration"
         if binding.owner != principal.user_id and "ADMIN" not in principal.roles:
             return f"Resolver {name} on map {map_name} was registered by someone else"
         del self.bindings[map_name][name]

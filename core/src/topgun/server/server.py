@@ -150,6 +150,7 @@ class Server:
             writes=self.writes,
             security=self.security,
             node_id=self.node_id,
+            configured=config.resolvers,
         )
         self.writes.resolve = self.resolvers.resolve
         self.gc = TombstoneGC(
