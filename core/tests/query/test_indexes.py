@@ -172,6 +172,21 @@ def test_indexed_map_keeps_indexes_current() -> None:
     assert late.compare("gte", 1) == set()
 
 
+def test_bulk_load_builds_the_same_indexes_as_row_by_row_sets() -> None:
+    """`IndexedMap.load` (one sort per sorted index) ends where `set` per row ends, also when
+    some keys are already held."""
+    specs = [IndexSpec("hash", ("a",)), IndexSpec("sorted", ("a",)), IndexSpec("inverted", ("t",))]
+    rows = [(f"k{i:02}", {"a": (i * 7) % 10, "t": f"word {i}"}) for i in range(40)]
+    one_by_one, bulk = IndexedMap(specs), IndexedMap(specs)
+    for key, value in rows:
+        one_by_one.set(key, value)
+    bulk.set("k05", {"a": 99, "t": "stale"})
+    bulk.load(rows)
+    assert dict(bulk.items()) == dict(one_by_one.items())
+    for kind, field in [("hash", "a"), ("sorted", "a"), ("inverted", "t")]:
+        assert vars(bulk.index(kind, field)) == vars(one_by_one.index(kind, field))
+
+
 def test_adaptive_threshold_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         IndexedMap(adaptive_after=0)

@@ -115,10 +115,8 @@ class LiveQueryService:
         if view is None:
             rows = IndexedMap(self.indexes.get(map_name, ()), adaptive_after=self.adaptive_after)
             view = views[fields] = _View(fields, rows)
-            for key, value in live_items(self.maps, map_name):
-                shown = view.shown(value)
-                if shown is not ABSENT:
-                    rows.set(key, shown)
+            shown = ((key, view.shown(value)) for key, value in live_items(self.maps, map_name))
+            rows.load((key, value) for key, value in shown if value is not ABSENT)
         return view
 
     def subscribe(
