@@ -83,7 +83,12 @@ async def test_p43_gc_prunes_old_tombstones_and_tells_every_authenticated_client
     clients = [await live_server.client() for _ in range(2)]
     now = live_server.server.clock()
     age = live_server.config.gc_age_ms
-    await write(clients[0], put("old", None, now - age - 1000), put("new", None, now - 1000))
+    await write(
+        clients[0],
+        put("old", None, now - age - 1000),
+        put("new", None, now - 1000),
+        put("fresh", 1, now),  # the writer's newest record: its last activity
+    )
     run = await live_server.server.gc.collect()
     assert run.pruned == 1
     for client in clients:

@@ -55,6 +55,7 @@ async def test_gc_prunes_only_tombstones_older_than_safe_and_tells_every_client_
             lww("old-dead", None, T - AGE - 10),
             lww("young-dead", None, T - AGE + 10),
             lww("old-live", 1, T - AGE - 10),
+            lww("fresh", 1, T),  # the writer's newest record: its last activity is now
         )
         run = await h.server.gc.collect()
         safe = Timestamp(T - AGE, 0, "")
@@ -71,7 +72,7 @@ async def test_gc_prunes_only_tombstones_older_than_safe_and_tells_every_client_
         assert h.server.maps.prune_horizon("m") == safe
     async with gated_start() as h:  # storage forgot it too
         records = h.server.maps.lww("m")
-        assert sorted(k for k, _ in records.records()) == ["old-live", "young-dead"]
+        assert sorted(k for k, _ in records.records()) == ["fresh", "old-live", "young-dead"]
         assert h.server.maps.prune_horizon("m") == safe
 
 
@@ -97,8 +98,16 @@ async def test_gc_prunes_old_or_tombstone_tags(harness: Any) -> None:
         ClientOp(map_name="o", key="k", op_type="OR_ADD", or_record=ORMapRecord(1, s, str(s)))
         for s in (old, young)
     ] + [ClientOp(map_name="o", key="k", op_type="OR_REMOVE", or_tag=str(s)) for s in (old, young)]
-    await write(client, *ops)
+    await write(client, *ops, lww("fresh", 1, T))  # the writer's last activity: now
     run = await harness.server.gc.collect()
     assert run.pruned == 1
     assert not harness.server.maps.is_tombstoned("o", str(old))
     assert harness.server.maps.is_tombstoned("o", str(young))
+
+
+async def test_a_client_that_sent_older_records_holds_the_horizon_back(harness: Any) -> None:
+    """Last activity is the newest record timestamp a client sent, when it sent any."""
+    client = await harness.login()
+    await write(client, lww("k", 1, T - 10 * DAY), lww("j", 1, T - 12 * DAY))
+    run = await harness.server.gc.collect()
+    assert run.older_than == Timestamp(T - 10 * DAY - AGE, 0, "")

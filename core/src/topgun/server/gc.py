@@ -7,12 +7,15 @@ older than `safe` from memory (maps and Merkle tries) and from storage, records 
 prune horizon of each map that lost one (a client last synced before it must reset), and
 sends `GC_PRUNE{olderThan: safe}` to every authenticated connection.
 
-A connection's last activity is the server clock at its last frame (`Session.last_frame_ms`).
+A connection's last activity is the newest record timestamp it sent (the write pipeline
+reports them, `record_sent`), else the server clock at its last frame
+(`Session.last_frame_ms`).
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -72,13 +75,19 @@ class TombstoneGC:
         self.gc_age_ms = gc_age_ms
         self.interval_ms = interval_ms
         self.clients = clients
+        self._newest: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+
+    def record_sent(self, client: object, millis: int) -> None:
+        """Remember that `client` sent a record stamped `millis` (its last activity)."""
+        if millis > self._newest.get(client, -1):
+            self._newest[client] = millis
 
     def safe_horizon(self, clients: Iterable[GcClient]) -> Timestamp:
         """`{min(now, every client's last activity) - gc_age_ms, 0, ""}`."""
         min_ms = self.clock()
         for client in clients:
             if client.principal is not None:
-                min_ms = min(min_ms, client.last_frame_ms)
+                min_ms = min(min_ms, self._newest.get(client, client.last_frame_ms))
         return Timestamp(max(min_ms - self.gc_age_ms, 0), 0, "")
 
     async def collect(self) -> GcRun:

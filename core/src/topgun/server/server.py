@@ -160,6 +160,7 @@ class Server:
             interval_ms=config.expiry.gc_interval_ms,
             clients=lambda: list(self.sessions),
         )
+        self.writes.record_sent = self.gc.record_sent
         self.handlers: dict[type[Message], Handler] = dict(HANDLERS)
         """Client message class -> handler (`topgun.server.dispatch.HANDLERS`)."""
         self.topics = TopicRegistry(clock=self.clock, encode=self.codec.encode)

@@ -236,6 +236,8 @@ class WritePipeline:
         self.router = router
         self.observers: list[ChangeObserver] = []
         """Called for every op that changed a map (journal, TTL schedule)."""
+        self.record_sent: Callable[[Connection, int], None] | None = None
+        """Told the `millis` of every record a connection sends (tombstone GC)."""
         self.resolve: Callable[[ClientOp, WriteContext], Awaitable[ClientOp]] | None = None
         """Step 6, the conflict-resolver chain (`topgun.server.resolvers`): the op as the
         chain leaves it, or `OpFailed` (409) on a rejection."""
@@ -343,6 +345,9 @@ class WritePipeline:
         trusted: bool,
     ) -> None:
         op_type, action, kind = classify(op)
+        sent = op.record or op.or_record
+        if self.record_sent is not None and context.connection is not None and sent is not None:
+            self.record_sent(context.connection, sent.timestamp.millis)
         self._authorize(op, op_type, action, context, live_only, granted)
         self._check_kind(op.map_name, kind)
         if intercept:
