@@ -452,15 +452,3 @@ async def test_later_features_answer_501_from_the_dispatch_table(
     assert isinstance(error, Error)
     assert error.payload.code == 501
     assert error.payload.message == f"{type_name} is not supported by this server yet"
-
-
-async def test_hybrid_query_subscribe_answers_501_with_its_subscription_id(harness: Any) -> None:
-    client = await harness.login()
-    await client.send(
-        {"type": "HYBRID_QUERY_SUBSCRIBE", "payload": {"subscriptionId": "s1", "mapName": "m"}}
-    )
-    error = await client.receive()
-    assert isinstance(error, Error)
-    assert error.payload.code == 501
-    assert error.payload.message == "Hybrid queries not supported"
-    assert error.payload.details == {"subscriptionId": "s1"}

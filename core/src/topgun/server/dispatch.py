@@ -48,6 +48,7 @@ from topgun.protocol import (
     UnregisterResolver,
 )
 from topgun.server.counters import COUNTER_HANDLERS
+from topgun.server.hybrid import hybrid_query_subscribe, hybrid_query_unsubscribe
 from topgun.server.journal import journal_read, journal_subscribe, journal_unsubscribe
 from topgun.server.locks import LOCK_HANDLERS
 from topgun.server.processors import entry_process, entry_process_batch
@@ -111,15 +112,6 @@ async def ignore(session: Session, message: Any) -> None:
 async def ping(session: Session, message: Ping) -> None:
     """`PING` → `PONG`."""
     session.pong(message)
-
-
-async def hybrid_query_subscribe(session: Session, message: HybridQuerySubscribe) -> None:
-    """Hybrid queries are not implemented yet: the reply §5.8 prescribes for that case."""
-    session.send_error(
-        501,
-        "Hybrid queries not supported",
-        {"subscriptionId": message.payload.subscription_id},
-    )
 
 
 def _rejections(session: Session, request: WriteRequest, results: list[OpResult]) -> None:
@@ -217,7 +209,7 @@ _IMPLEMENTED: Final[dict[type[Message], Handler]] = {
     QuerySub: query_sub,
     QueryUnsub: query_unsub,
     HybridQuerySubscribe: hybrid_query_subscribe,
-    HybridQueryUnsubscribe: ignore,
+    HybridQueryUnsubscribe: hybrid_query_unsubscribe,
     Search: search,
     SearchSub: search_sub,
     SearchUnsub: search_unsub,

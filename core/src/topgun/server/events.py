@@ -87,8 +87,9 @@ class EventRouter:
         self.encode = encode
         self.watchers: list[Callable[[Sequence[EventPayload]], Interest | None]] = []
         """Told of every request's changes before they are routed (live queries, live
-        searches). A watcher returning an `Interest` narrows each change's recipients to
-        the sessions it names for that (map, key) (live queries matching the key)."""
+        searches, hybrid queries). Watchers returning an `Interest` narrow each change's
+        recipients to the sessions they name, together, for that (map, key) (live queries
+        matching the key)."""
         self.after_delivery: list[Callable[[], None]] = []
         """Called once the events are queued (live query updates follow their events)."""
 
@@ -100,11 +101,13 @@ class EventRouter:
         """
         if not events:
             return 0
-        interest: Interest | None = None
+        interest: dict[tuple[str, str], set[Recipient]] | None = None
         for watcher in self.watchers:
             narrowed = watcher(events)
             if narrowed is not None:
-                interest = narrowed
+                interest = interest or {}
+                for changed, sessions in narrowed.items():
+                    interest.setdefault(changed, set()).update(sessions)
         try:
             return self._route(events, origin, interest)
         finally:

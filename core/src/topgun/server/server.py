@@ -39,6 +39,7 @@ from topgun.server.dispatch import HANDLERS, Handler
 from topgun.server.events import EventRouter, Recipient
 from topgun.server.expiry import ExpirySchedule
 from topgun.server.gc import TombstoneGC
+from topgun.server.hybrid import HybridQueries
 from topgun.server.journal import Journal
 from topgun.server.live import LiveQueryService
 from topgun.server.locks import LockManager
@@ -115,8 +116,9 @@ class Server:
         self.search = SearchService(
             self.maps, config.maps, search_providers(self.pm), encode=self.codec.encode
         )
-        self.router.watchers += [self.live.changed, self.search.changed]
-        self.router.after_delivery.append(self.live.flush)
+        self.hybrid = HybridQueries(self.maps, encode=self.codec.encode)
+        self.router.watchers += [self.live.changed, self.search.changed, self.hybrid.changed]
+        self.router.after_delivery += [self.live.flush, self.hybrid.flush]
         self.writes = WritePipeline(
             maps=self.maps, security=self.security, pm=self.pm, router=self.router
         )
@@ -361,6 +363,7 @@ class Server:
         await self.locks.disconnected(session)
         self.live.drop(session)
         self.search.drop(session)
+        self.hybrid.drop(session)
         if self.journal is not None:
             self.journal.drop(session)
         self._sessions_changed.set()

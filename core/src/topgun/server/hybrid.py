@@ -1,0 +1,307 @@
+"""Hybrid queries: a live query whose predicate may hold `match*` leaves, ranked by text
+relevance (PROTOCOL.md §5.8).
+
+`HYBRID_QUERY_SUBSCRIBE` needs READ on the map and a valid query. Rows are filtered like a
+`QUERY_SUB` (over the values the subscriber's field-level security shows); a row's `score` is
+the sum of the BM25 scores of the `match`, `matchPhrase` and `matchPrefix` leaves its value
+satisfies (0 if none), each scored over that leaf's attribute; `sort` may name `_score` and
+`_key`, and defaults to `_score desc, _key asc`. The answer is `HYBRID_QUERY_RESP`; after each
+change to the map the window is computed again and compared: `LEAVE` for rows that left it,
+`ENTER` for rows that entered, `UPDATE` for rows in both whose value changed or whose score
+moved by more than 1e-4, each as `HYBRID_QUERY_DELTA` with both `type` and `changeType`.
+
+Cost: the BM25 statistics of each scored attribute are kept up to date per change, but the
+window is recomputed over the map's rows on every change to it (a linear pass per hybrid
+subscription on that map). Cursors are not supported: a `cursor` is reported `invalid` and
+the first page is answered; `hasMore` tells whether rows were cut by `limit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from topgun.protocol import (
+    ChangeType,
+    EventPayload,
+    HybridQueryDelta,
+    HybridQueryDeltaPayload,
+    HybridQueryResp,
+    HybridQueryRespPayload,
+    HybridQuerySubscribe,
+    HybridQueryUnsubscribe,
+    Query,
+    ScoredRow,
+)
+from topgun.query import ABSENT, CompiledQuery, QueryError, parse_query
+from topgun.query.predicates import And, Match, MatchPhrase, MatchPrefix, Not, Or, Predicate
+from topgun.query.values import attribute, sort_key
+from topgun.search import SCORE_EPSILON, BM25Index
+from topgun.server.events import Recipient
+from topgun.server.live import Interest, current_value, live_items
+from topgun.server.maps import MapRegistry
+from topgun.server.permissions import WITHHELD, FieldFilter
+from topgun.server.subscriptions import Subscription
+
+if TYPE_CHECKING:
+    from topgun.server.session import Session
+
+SubId = tuple[Recipient, str]
+TextLeaf = Match | MatchPhrase | MatchPrefix
+SCORE_FIELD = "_score"
+KEY_FIELD = "_key"
+
+
+def text_leaves(predicate: Predicate) -> Iterator[TextLeaf]:
+    """Every `match*` leaf of `predicate` (under `not` too: a satisfied one still scores)."""
+    if isinstance(predicate, Match | MatchPhrase | MatchPrefix):
+        yield predicate
+    elif isinstance(predicate, And | Or):
+        for child in predicate.children:
+            yield from text_leaves(child)
+    elif isinstance(predicate, Not) and predicate.child is not None:
+        yield from text_leaves(predicate.child)
+
+
+@dataclass(slots=True)
+class _Hit:
+    value: Any
+    score: float
+    terms: list[str]
+
+
+@dataclass(slots=True)
+class _Hybrid:
+    map_name: str
+    query: CompiledQuery
+    sort: list[tuple[str, bool]]
+    """(field, descending), most significant first; ties end by `_key` ascending."""
+    fields: FieldFilter
+    leaves: list[TextLeaf]
+    indexes: dict[str, BM25Index]
+    """One BM25 index per scored attribute, over the values as `fields` shows them."""
+    window: dict[str, _Hit] = field(default_factory=dict)
+
+    def shown(self, value: Any) -> Any:
+        if value is ABSENT:
+            return ABSENT
+        visible = self.fields.apply(value)
+        return ABSENT if visible is WITHHELD else visible
+
+    def feed(self, key: str, value: Any) -> None:
+        for name, index in self.indexes.items():
+            if value is ABSENT:
+                index.delete(key)
+            else:
+                index.set(key, {name: attribute(value, name)})
+
+    def hit(self, key: str, value: Any) -> _Hit:
+        score = 0.0
+        terms: dict[str, None] = {}
+        for leaf in self.leaves:
+            if not leaf.matches(value):
+                continue
+            index = self.indexes[leaf.attribute]
+            if isinstance(leaf, MatchPrefix):
+                wanted = [t for t in index.terms_of(key) if t.startswith(leaf.prefix)]
+            else:
+                wanted = list(leaf.terms)
+            score += index.scores(wanted).get(key, 0.0)
+            terms.update(dict.fromkeys(index.matched_terms(key, wanted)))
+        return _Hit(value, score, list(terms))
+
+    def run(self, rows: Iterable[tuple[str, Any]]) -> tuple[list[tuple[str, _Hit]], bool]:
+        """The window (in order) and whether `limit` cut rows off."""
+        hits = [
+            (key, self.hit(key, value))
+            for key, value in rows
+            if self.query.predicate.matches(value)
+        ]
+        hits.sort(key=lambda item: item[0])
+        for name, descending in reversed(self.sort):
+            hits.sort(key=_by(name), reverse=descending)
+        limit = self.query.limit
+        if limit is not None and len(hits) > limit:
+            return hits[:limit], True
+        return hits, False
+
+
+def _by(name: str) -> Callable[[tuple[str, _Hit]], Any]:
+    """The sort key of one sort field: `_score`, `_key`, or an attribute (§7.1 order)."""
+
+    def order(item: tuple[str, _Hit]) -> Any:
+        key, hit = item
+        if name == SCORE_FIELD:
+            return hit.score
+        if name == KEY_FIELD:
+            return key
+        return sort_key(attribute(hit.value, name))
+
+    return order
+
+
+class HybridQueries:
+    """Every hybrid subscription of one server."""
+
+    def __init__(self, maps: MapRegistry, *, encode: Callable[[msgspec.Struct], bytes]) -> None:
+        self.maps = maps
+        self.encode = encode
+        self._subs: dict[SubId, _Hybrid] = {}
+        self._outbox: list[tuple[Recipient, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def _rows(self, hybrid: _Hybrid) -> list[tuple[str, Any]]:
+        shown = ((k, hybrid.shown(v)) for k, v in live_items(self.maps, hybrid.map_name))
+        return [(k, v) for k, v in shown if v is not ABSENT]
+
+    def subscribe(
+        self,
+        session: Recipient,
+        sub_id: str,
+        map_name: str,
+        query: CompiledQuery,
+        sort: Any,
+        fields: FieldFilter,
+    ) -> tuple[list[tuple[str, _Hit]], bool]:
+        """Hold a hybrid query (replacing one with the same id); returns its first window."""
+        order = [(name, direction == "desc") for name, direction in (sort or {}).items()]
+        leaves = list(text_leaves(query.predicate))
+        hybrid = _Hybrid(
+            map_name,
+            query,
+            order or [(SCORE_FIELD, True)],
+            fields,
+            leaves,
+            {leaf.attribute: BM25Index([leaf.attribute]) for leaf in leaves},
+        )
+        rows = self._rows(hybrid)
+        for key, value in rows:
+            hybrid.feed(key, value)
+        window, cut = hybrid.run(rows)
+        hybrid.window = dict(window)
+        self._subs[(session, sub_id)] = hybrid
+        return window, cut
+
+    def unsubscribe(self, session: Recipient, sub_id: str) -> None:
+        self._subs.pop((session, sub_id), None)
+
+    def drop(self, session: Recipient) -> None:
+        for sub_id in [s for s in self._subs if s[0] is session]:
+            del self._subs[sub_id]
+
+    def changed(self, events: Iterable[EventPayload]) -> Interest:
+        """Recompute the windows of the hybrid queries on the changed maps and queue their
+        deltas (`flush` sends them); returns the sessions whose hybrid filter matches each
+        changed key (before or after the change)."""
+        interest: Interest = {}
+        changed: dict[str, dict[str, None]] = {}
+        for event in events:
+            changed.setdefault(event.map_name, {})[event.key] = None
+        for (session, sub_id), hybrid in self._subs.items():
+            keys = changed.get(hybrid.map_name)
+            if not keys:
+                continue
+            for key in keys:
+                before = hybrid.window.get(key)
+                new_value = hybrid.shown(current_value(self.maps, hybrid.map_name, key))
+                hybrid.feed(key, new_value)
+                matched = before is not None or (
+                    new_value is not ABSENT and hybrid.query.predicate.matches(new_value)
+                )
+                if matched:
+                    interest.setdefault((hybrid.map_name, key), set()).add(session)
+            window, _ = hybrid.run(self._rows(hybrid))
+            fresh = dict(window)
+            deltas: list[tuple[ChangeType, str, _Hit | None]] = [
+                ("LEAVE", key, None) for key in hybrid.window if key not in fresh
+            ]
+            for key, hit in window:
+                old = hybrid.window.get(key)
+                if old is None:
+                    deltas.append(("ENTER", key, hit))
+                elif old.value != hit.value or abs(old.score - hit.score) > SCORE_EPSILON:
+                    deltas.append(("UPDATE", key, hit))
+            hybrid.window = fresh
+            for kind, key, shown in deltas:
+                message = HybridQueryDelta(
+                    payload=HybridQueryDeltaPayload(
+                        subscription_id=sub_id,
+                        key=key,
+                        value=None if shown is None else shown.value,
+                        type=kind,
+                        change_type=kind,
+                        score=None if shown is None else shown.score,
+                        matched_terms=None if shown is None else shown.terms,
+                    )
+                )
+                self._outbox.append((session, self.encode(message)))
+        return interest
+
+    def flush(self) -> None:
+        """Send the deltas of the last `changed` (after the events they follow)."""
+        outbox, self._outbox = self._outbox, []
+        for session, frame in outbox:
+            if session.is_open:
+                session.send_frame(frame, "HYBRID_QUERY_DELTA")
+
+
+def _hybrid_key(sub_id: str) -> str:
+    """The id a hybrid subscription holds in the session's subscriptions (event routing)."""
+    return f"hybrid:{sub_id}"
+
+
+async def hybrid_query_subscribe(session: Session, message: HybridQuerySubscribe) -> None:
+    """`HYBRID_QUERY_SUBSCRIBE`: authorize READ, validate, answer `HYBRID_QUERY_RESP`."""
+    server = session.server
+    request = message.payload
+    principal = session.principal
+    assert principal is not None
+    details = {"type": "HYBRID_QUERY_SUBSCRIBE", "subscriptionId": request.subscription_id}
+    if not server.security.is_allowed(principal, request.map_name, "READ"):
+        session.send_error(403, f"Access denied for {request.map_name}", details)
+        return
+    plain_sort = {
+        k: v for k, v in (request.sort or {}).items() if k not in (SCORE_FIELD, KEY_FIELD)
+    }
+    try:
+        query = parse_query(
+            Query(
+                predicate=request.predicate,
+                where=request.where,
+                sort=plain_sort or None,
+                limit=request.limit,
+            )
+        )
+    except QueryError as invalid:
+        session.send_error(400, str(invalid), details)
+        return
+    fields = server.security.field_filter(principal, request.map_name)
+    window, cut = server.hybrid.subscribe(
+        session, request.subscription_id, request.map_name, query, request.sort, fields
+    )
+    server.subscriptions.add(
+        session,
+        Subscription(_hybrid_key(request.subscription_id), request.map_name, query.wire),
+    )
+    session.send(
+        HybridQueryResp(
+            payload=HybridQueryRespPayload(
+                subscription_id=request.subscription_id,
+                results=[ScoredRow(k, h.value, h.score, h.terms) for k, h in window],
+                has_more=cut,
+                cursor_status="invalid" if request.cursor else "none",
+            )
+        )
+    )
+
+
+async def hybrid_query_unsubscribe(session: Session, message: HybridQueryUnsubscribe) -> None:
+    """`HYBRID_QUERY_UNSUBSCRIBE`: stop it (an unknown id is ignored)."""
+    sub_id = message.payload.subscription_id
+    session.server.hybrid.unsubscribe(session, sub_id)
+    session.server.subscriptions.remove(session, _hybrid_key(sub_id))
