@@ -11,6 +11,10 @@ import pytest
 from topgun.crdt.records import LWWRecord, Timestamp
 from topgun.protocol import (
     ClientOp,
+    HybridQueryDelta,
+    HybridQueryResp,
+    HybridQuerySubscribe,
+    HybridQuerySubscribePayload,
     OpAck,
     OpBatch,
     OpBatchPayload,
@@ -25,6 +29,7 @@ from topgun.protocol import (
     SearchSub,
     SearchSubPayload,
     SearchUpdate,
+    ServerEvent,
 )
 from topgun.server.config import MapOptions
 
@@ -141,4 +146,32 @@ async def test_p44_p45_search_over_a_socket(start_server: Any) -> None:
             "ENTER",
         )
         assert update.matched_terms == ["hello"]
+        await client.aclose()
+
+
+async def test_hybrid_query_resp_then_deltas_with_both_fields(live_server: Any) -> None:
+    """§5.8 on the wire: HYBRID_QUERY_RESP, then (after the change's SERVER_EVENT, which a
+    hybrid subscription receives like a QUERY_SUB) HYBRID_QUERY_DELTA with `type` and
+    `changeType`, a score and the matched index terms."""
+    writer = await live_server.client()
+    watcher = await live_server.client()
+    match = {"op": "match", "attribute": "title", "query": "Merkle"}
+    await watcher.send(
+        HybridQuerySubscribe(payload=HybridQuerySubscribePayload("h", "todos", predicate=match))
+    )
+    assert (await watcher.expect(HybridQueryResp)).payload.results == []
+    await writer.send(put("a", {"title": "Merkle trees"}, 1))
+    await writer.expect(OpAck)
+    assert (await watcher.expect(ServerEvent)).payload.key == "a"  # the event, then the delta
+    delta = (await watcher.expect(HybridQueryDelta)).payload
+    assert (delta.subscription_id, delta.key, delta.type, delta.change_type) == (
+        "h",
+        "a",
+        "ENTER",
+        "ENTER",
+    )
+    assert delta.matched_terms == ["merkl"]
+    assert delta.score is not None
+    assert delta.score > 0
+    for client in (writer, watcher):
         await client.aclose()
