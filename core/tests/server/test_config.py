@@ -29,6 +29,7 @@ from topgun.server import (
     read_config,
     validate_config,
 )
+from topgun.server.config import MapOptions
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRET = "s3cret-" + "x" * 40
@@ -298,6 +299,39 @@ def test_combinations_are_checked_when_structs_are_built_in_code() -> None:
     with pytest.raises(ValueError, match="go together"):
         TLSConfig(key_file=Path("key.pem"))
     assert TLSConfig(cert_file=Path("c.pem"), key_file=Path("k.pem")).enabled
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            "search_provider = 'bm25'\nsearch_providers = ['bm25', 'votes']",
+            "set search_provider or search_providers, not both",
+        ),
+        (
+            "search_providers = ['bm25', 'bm25']",
+            "search_providers names a provider twice: ['bm25']",
+        ),
+        (
+            "search_providers = ['bm25', 'votes']\nsearch_weights = { vector = 1.0 }",
+            "search_weights names providers not in search_providers: ['vector']",
+        ),
+        ("search_weights = { bm25 = inf }", "search_weights must be finite: ['bm25']"),
+        ("search_weights = { bm25 = -1.0 }", "search_weights"),
+    ],
+)
+def test_search_provider_errors_name_the_key(options: str, message: str) -> None:
+    assert message in error(f"[maps.articles]\nsearch_fields = ['title']\n{options}")
+
+
+def test_search_providers_and_weights() -> None:
+    maps = load_config(
+        "[maps.one]\nsearch_provider = 'votes'\n"
+        "[maps.two]\nsearch_providers = ['bm25', 'votes']\nsearch_weights = { votes = 0.5 }"
+    ).maps
+    assert (MapOptions().providers, MapOptions().provider_weights) == (("bm25",), (1.0,))
+    assert maps["one"].providers == ("votes",)
+    assert (maps["two"].providers, maps["two"].provider_weights) == (("bm25", "votes"), (1.0, 0.5))
 
 
 def test_validate_config_applies_the_loader_constraints() -> None:

@@ -12,7 +12,7 @@ from topgun.search.bm25 import (
     SearchHit,
     SearchResult,
 )
-from topgun.search.fusion import RRF_K, reciprocal_rank_fusion
+from topgun.search.fusion import RRF_K, FusedIndex, reciprocal_rank_fusion
 from topgun.search.live import SCORE_EPSILON, LiveSearches, SearchChange
 from topgun.search.providers import SearchIndex, SearchProvider
 from topgun.search.tokenizer import (
@@ -31,6 +31,7 @@ __all__ = [
     "RRF_K",
     "SCORE_EPSILON",
     "BM25Index",
+    "FusedIndex",
     "LiveSearches",
     "SearchChange",
     "SearchError",

@@ -23,6 +23,7 @@ import difflib
 import functools
 import hmac
 import json
+import math
 import re
 import tomllib
 import warnings
@@ -238,8 +239,16 @@ class MapOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         default_factory=dict
     )
     """Per-field score multipliers applied to every search of the map."""
-    search_provider: NonEmptyStr = "bm25"
-    """The search provider (`register_search_providers`) that indexes the map."""
+    search_provider: NonEmptyStr | None = None
+    """One search provider (`register_search_providers`): shorthand for
+    `search_providers = [name]`. Neither set: `bm25`."""
+    search_providers: tuple[NonEmptyStr, ...] = ()
+    """Several providers, each indexing the map; their ranked lists are fused by reciprocal
+    rank fusion (k = 60) in `SEARCH` / `SEARCH_SUB` (docs/search.md#rank-fusion)."""
+    search_weights: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
+        default_factory=dict
+    )
+    """Per-provider RRF weights (default 1 each)."""
 
     def __post_init__(self) -> None:
         for spec in self.indexes:
@@ -247,6 +256,27 @@ class MapOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         unknown = sorted(set(self.search_boosts) - set(self.search_fields))
         if unknown:
             raise ValueError(f"search_boosts names fields not in search_fields: {unknown}")
+        if self.search_provider is not None and self.search_providers:
+            raise ValueError("set search_provider or search_providers, not both")
+        repeated = sorted({n for n in self.search_providers if self.search_providers.count(n) > 1})
+        if repeated:
+            raise ValueError(f"search_providers names a provider twice: {repeated}")
+        unknown = sorted(set(self.search_weights) - set(self.providers))
+        if unknown:
+            raise ValueError(f"search_weights names providers not in search_providers: {unknown}")
+        infinite = sorted(n for n, w in self.search_weights.items() if not math.isfinite(w))
+        if infinite:
+            raise ValueError(f"search_weights must be finite: {infinite}")
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The map's search providers, in configuration order."""
+        return self.search_providers or (self.search_provider or "bm25",)
+
+    @property
+    def provider_weights(self) -> tuple[float, ...]:
+        """The RRF weight of each of `providers` (1 unless `search_weights` says)."""
+        return tuple(self.search_weights.get(name, 1.0) for name in self.providers)
 
 
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,13 +1,16 @@
 """Full-text search on the server: `SEARCH`, `SEARCH_SUB`, `SEARCH_UNSUB` (PROTOCOL.md §5.7,
 §6.8).
 
-A map's configuration (`[maps.<name>] search_fields`, `search_boosts`, `search_provider`)
-enables search on it; the provider comes from the `register_search_providers` hook (`bm25`
-is built in). The map's index is built from its live rows on first use and then fed every
-change the event router announces. Errors are answered the way §5.7 prescribes — a
-`SEARCH_RESP` with no results and an `error` — and a failed `SEARCH_SUB` subscribes nothing.
-Every value sent (results and `SEARCH_UPDATE`s) is filtered by the reader's field-level
-security; a document whose value is withheld from the reader is not sent to it.
+A map's configuration (`[maps.<name>] search_fields`, `search_boosts`, `search_provider` or
+`search_providers` with `search_weights`) enables search on it; providers come from the
+`register_search_providers` hook (`bm25` is built in). With several providers, the map's index
+is a `FusedIndex`: every provider ranks, and results are their reciprocal rank fusion
+(k = 60, the configured weights). The map's index is built from its live rows on first use
+and then fed every change the event router announces. Errors are answered the way §5.7
+prescribes — a `SEARCH_RESP` with no results and an `error` — and a failed `SEARCH_SUB`
+subscribes nothing. Every value sent (results and `SEARCH_UPDATE`s) is filtered by the
+reader's field-level security; a document whose value is withheld from the reader is not sent
+to it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from topgun.protocol import (
     SearchUpdatePayload,
 )
 from topgun.query import ABSENT
-from topgun.search import LiveSearches, SearchError, SearchIndex, SearchProvider, SearchResult
+from topgun.search import (
+    FusedIndex,
+    LiveSearches,
+    SearchError,
+    SearchIndex,
+    SearchProvider,
+    SearchResult,
+)
 from topgun.server.config import MapOptions
 from topgun.server.events import Recipient
 from topgun.server.live import current_value, live_items
@@ -67,12 +77,13 @@ class SearchService:
         self.maps = maps
         self.options = {name: o for name, o in options.items() if o.search_fields}
         for name, found in self.options.items():
-            if found.search_provider not in providers:
-                known = ", ".join(sorted(providers)) or "none"
-                raise PluginError(
-                    f"map {name!r} uses search provider {found.search_provider!r}, "
-                    f"which no plugin registers (registered: {known})"
-                )
+            for provider in found.providers:
+                if provider not in providers:
+                    known = ", ".join(sorted(providers)) or "none"
+                    raise PluginError(
+                        f"map {name!r} uses search provider {provider!r}, "
+                        f"which no plugin registers (registered: {known})"
+                    )
         self.providers = providers
         self.encode = encode
         self.live: LiveSearches[SubId] = LiveSearches()
@@ -86,8 +97,9 @@ class SearchService:
             found = self.options.get(map_name)
             if found is None:
                 return None
-            index = self._indexes[map_name] = self.providers[found.search_provider](
-                found.search_fields
+            indexes = [self.providers[name](found.search_fields) for name in found.providers]
+            index = self._indexes[map_name] = (
+                indexes[0] if len(indexes) == 1 else FusedIndex(indexes, found.provider_weights)
             )
             for key, value in live_items(self.maps, map_name):
                 index.set(key, value)
