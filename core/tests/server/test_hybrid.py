@@ -4,11 +4,13 @@ leaves, `_score` / `_key` sorts, deltas with both type fields, routing, errors (
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from topgun.crdt import LWWRecord, Timestamp
+from topgun.hooks import hookimpl, make_plugin_manager
 from topgun.protocol import (
     ClientOp,
     Error,
@@ -25,8 +27,9 @@ from topgun.protocol import (
     Pong,
     ServerEvent,
 )
-from topgun.search import BM25Index
+from topgun.search import BM25Index, SearchHit, SearchResult
 from topgun.server import Policy
+from topgun.server.config import MapOptions
 from topgun.server.inmemory import InMemoryClient
 
 pytestmark = pytest.mark.anyio
@@ -173,3 +176,118 @@ async def test_the_client_view_equals_a_fresh_subscription(harness: Any, seed: i
         await watcher.send(
             HybridQueryUnsubscribe(payload=HybridQueryUnsubscribePayload(f"fresh{step}"))
         )
+
+
+class LongestIndex:
+    """A second provider: texts holding a word of the query (plain lowercase words), the
+    longest first (the opposite of BM25's length normalisation)."""
+
+    def __init__(self, fields: Sequence[str]) -> None:
+        self.fields = list(fields)
+        self.docs: dict[str, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def set(self, key: str, value: Any) -> None:
+        texts = [value.get(f) for f in self.fields]
+        self.docs[key] = [w for t in texts if isinstance(t, str) for w in t.lower().split()]
+
+    def delete(self, key: str) -> None:
+        self.docs.pop(key, None)
+
+    def search(
+        self,
+        query: str,
+        *,
+        limit: int | None = None,
+        min_score: float | None = None,
+        boost: Mapping[str, float] | None = None,
+        max_results: int = 1000,
+    ) -> SearchResult:
+        wanted = query.lower().split()
+        ranked = sorted(
+            (-len(words), key, [w for w in wanted if w in words])
+            for key, words in self.docs.items()
+            if set(words) & set(wanted)
+        )
+        hits = [SearchHit(key, -negative, terms) for negative, key, terms in ranked]
+        return SearchResult(hits[: limit or max_results], len(hits))
+
+
+class LongestPlugin:
+    @hookimpl
+    def register_search_providers(self, register: Any) -> None:
+        register("longest", LongestIndex)
+
+
+def fused(start: Any) -> Any:
+    pm = make_plugin_manager(entry_points=(), environ={})
+    pm.register(LongestPlugin(), "longest")
+    options = MapOptions(search_providers=("bm25", "longest"))
+    return start(pm=pm, maps={"docs": options})
+
+
+async def test_several_providers_fuse_the_text_relevance(start: Any) -> None:
+    """With providers bm25 and longest, BM25 ranks the merkle titles b, a, c and longest
+    ranks c, b, a: the scores are b = 1/61 + 1/62, c = 1/63 + 1/61, a = 1/62 + 1/63; a row
+    passing the predicate without text relevance scores 0; terms are the union."""
+    async with fused(start) as h:
+        writer = Writer(await h.login())
+        titles = {
+            "a": "merkle trees",
+            "b": "merkle merkle proofs",
+            "c": "a merkle tree walk over buckets",
+            "d": "vector clocks",
+        }
+        await writer.write(*[(k, {"title": t, "open": k == "d"}) for k, t in titles.items()])
+        reference = BM25Index(["title"])
+        for key, title in titles.items():
+            reference.set(key, {"title": title})
+        bm25 = reference.scores(["merkl"])
+        assert sorted(bm25, key=lambda k: -bm25[k]) == ["b", "a", "c"]
+        watcher = await h.login()
+        predicate = {
+            "op": "or",
+            "children": [MATCH_MERKLE, {"op": "eq", "attribute": "open", "value": True}],
+        }
+        resp = await hybrid(watcher, "h", predicate=predicate)
+        assert [(r.key, r.score) for r in resp.payload.results] == [
+            ("b", pytest.approx(1 / 61 + 1 / 62)),
+            ("c", pytest.approx(1 / 63 + 1 / 61)),
+            ("a", pytest.approx(1 / 62 + 1 / 63)),
+            ("d", 0.0),
+        ]
+        assert [r.matched_terms for r in resp.payload.results] == [["merkl", "merkle"]] * 3 + [[]]
+
+
+async def test_the_fused_client_view_equals_a_fresh_subscription(start: Any) -> None:
+    """Random writes on a fused map: the client's rows from HYBRID_QUERY_RESP plus deltas
+    equal a new subscription's (keys, values, scores within 1e-4)."""
+    rng = random.Random(7)
+    words = ["merkle", "tree", "clock", "vector", "sync"]
+    async with fused(start) as h:
+        writer = Writer(await h.login())
+        watcher = await h.login()
+        query = {"predicate": MATCH_MERKLE, "limit": 3}
+        first = await hybrid(watcher, "h", **query)
+        view = {r.key: (r.value, r.score) for r in first.payload.results}
+        for step in range(15):
+            key = f"k{rng.randint(0, 5)}"
+            size = rng.randint(1, 5)
+            value = None if rng.random() < 0.2 else {"title": " ".join(rng.choices(words, k=size))}
+            await writer.write((key, value))
+            for delta in await deltas(watcher):
+                if delta.type == "LEAVE":
+                    del view[delta.key]
+                else:
+                    view[delta.key] = (delta.value, delta.score)
+            fresh = await hybrid(watcher, f"fresh{step}", **query)
+            expected = {r.key: (r.value, r.score) for r in fresh.payload.results}
+            assert view.keys() == expected.keys()
+            for k, (v, score) in view.items():
+                assert v == expected[k][0]
+                assert score == pytest.approx(expected[k][1], abs=1e-4)
+            await watcher.send(
+                HybridQueryUnsubscribe(payload=HybridQueryUnsubscribePayload(f"fresh{step}"))
+            )

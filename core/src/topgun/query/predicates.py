@@ -195,6 +195,8 @@ class Match(Predicate):
     attribute: str
     terms: tuple[str, ...]
     require_all: bool
+    query: str = field(default="", compare=False)
+    """The query text as sent (what search providers other than BM25 rank)."""
 
     def matches(self, value: Any) -> bool:
         if not self.terms:
@@ -213,6 +215,8 @@ class MatchPhrase(Predicate):
     attribute: str
     terms: tuple[str, ...]
     slop: int
+    query: str = field(default="", compare=False)
+    """The query text as sent (what search providers other than BM25 rank)."""
 
     def matches(self, value: Any) -> bool:
         if not self.terms:
@@ -333,13 +337,14 @@ def compile_predicate(node: PredicateNode, path: str = "predicate") -> Predicate
     if op == "match":
         options = node.match_options
         operator = options.operator if options is not None else None
-        terms = _unique(analyze(_require_query(node, path)))
-        return Match(name, terms, require_all=operator == "and")
+        text = _require_query(node, path)
+        return Match(name, _unique(analyze(text)), require_all=operator == "and", query=text)
     if op == "matchPhrase":
         slop = node.slop if node.slop is not None else 0
         if slop < 0:
             raise QueryError(f"matchPhrase slop must be >= 0{_where(path)}")
-        return MatchPhrase(name, tuple(analyze(_require_query(node, path))), slop)
+        text = _require_query(node, path)
+        return MatchPhrase(name, tuple(analyze(text)), slop, query=text)
     if op == "matchPrefix":
         if node.prefix is None:
             raise QueryError(f"predicate 'matchPrefix' needs a prefix{_where(path)}")

@@ -10,6 +10,14 @@ change to the map the window is computed again and compared: `LEAVE` for rows th
 `ENTER` for rows that entered, `UPDATE` for rows in both whose value changed or whose score
 moved by more than 1e-4, each as `HYBRID_QUERY_DELTA` with both `type` and `changeType`.
 
+On a map whose configuration names several search providers (`search_providers`), text
+relevance is their reciprocal rank fusion instead (k = 60, `search_weights`): each provider
+ranks the rows that pass the predicate by the sum of its scores of the `match*` leaves they
+satisfy (BM25 as above; another provider by searching a per-attribute index of its own for
+the leaf's query text, or a `matchPrefix`'s prefix), rows it scores 0 are left out of its
+list, and a row's `score` is its fused score (0 if no provider ranks it); `matchedTerms` is the
+union of the providers' terms.
+
 Cost: the BM25 statistics of each scored attribute are kept up to date per change, but the
 window is recomputed over the map's rows on every change to it (a linear pass per hybrid
 subscription on that map). Cursors are not supported: a `cursor` is reported `invalid` and
@@ -18,7 +26,7 @@ the first page is answered; `hasMore` tells whether rows were cut by `limit`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +47,13 @@ from topgun.protocol import (
 from topgun.query import ABSENT, CompiledQuery, QueryError, parse_query
 from topgun.query.predicates import And, Match, MatchPhrase, MatchPrefix, Not, Or, Predicate
 from topgun.query.values import attribute, sort_key
-from topgun.search import SCORE_EPSILON, BM25Index
+from topgun.search import (
+    SCORE_EPSILON,
+    BM25Index,
+    SearchIndex,
+    SearchProvider,
+    reciprocal_rank_fusion,
+)
 from topgun.server.events import Recipient
 from topgun.server.live import Interest, current_value, live_items
 from topgun.server.maps import MapRegistry
@@ -66,11 +80,26 @@ def text_leaves(predicate: Predicate) -> Iterator[TextLeaf]:
         yield from text_leaves(predicate.child)
 
 
+def leaf_text(leaf: TextLeaf) -> str:
+    """What a search provider other than BM25 is asked for a leaf: its query, or its prefix."""
+    return leaf.prefix if isinstance(leaf, MatchPrefix) else leaf.query
+
+
 @dataclass(slots=True)
 class _Hit:
     value: Any
     score: float
     terms: list[str]
+
+
+@dataclass(slots=True)
+class _Ranker:
+    """One provider of a fused hybrid query."""
+
+    weight: float
+    indexes: dict[str, SearchIndex] | None
+    """One index per scored attribute; None for BM25, which is scored exactly as §5.8 says
+    (from `_Hybrid.indexes`)."""
 
 
 @dataclass(slots=True)
@@ -83,6 +112,8 @@ class _Hybrid:
     leaves: list[TextLeaf]
     indexes: dict[str, BM25Index]
     """One BM25 index per scored attribute, over the values as `fields` shows them."""
+    rankers: list[_Ranker] = field(default_factory=list)
+    """Several: the map's providers, whose rankings are fused; none: the §5.8 BM25 sum."""
     window: dict[str, _Hit] = field(default_factory=dict)
 
     def shown(self, value: Any) -> Any:
@@ -92,11 +123,16 @@ class _Hybrid:
         return ABSENT if visible is WITHHELD else visible
 
     def feed(self, key: str, value: Any) -> None:
-        for name, index in self.indexes.items():
-            if value is ABSENT:
-                index.delete(key)
-            else:
-                index.set(key, {name: attribute(value, name)})
+        indexes: list[Mapping[str, SearchIndex]] = [
+            self.indexes,
+            *(r.indexes for r in self.rankers if r.indexes is not None),
+        ]
+        for by_attribute in indexes:
+            for name, index in by_attribute.items():
+                if value is ABSENT:
+                    index.delete(key)
+                else:
+                    index.set(key, {name: attribute(value, name)})
 
     def hit(self, key: str, value: Any) -> _Hit:
         score = 0.0
@@ -113,6 +149,46 @@ class _Hybrid:
             terms.update(dict.fromkeys(index.matched_terms(key, wanted)))
         return _Hit(value, score, list(terms))
 
+    def provider_scores(
+        self, indexes: Mapping[str, SearchIndex], hits: Sequence[tuple[str, _Hit]]
+    ) -> tuple[dict[str, float], dict[str, dict[str, None]]]:
+        """One provider's scores (summed over the satisfied leaves) and matched terms."""
+        scores: dict[str, float] = {}
+        terms: dict[str, dict[str, None]] = {}
+        for leaf in self.leaves:
+            index = indexes[leaf.attribute]
+            found = index.search(leaf_text(leaf), max_results=max(len(index), 1))
+            ranked = {hit.key: hit for hit in found.hits}
+            for key, row in hits:
+                hit = ranked.get(key)
+                if hit is not None and leaf.matches(row.value):
+                    scores[key] = scores.get(key, 0.0) + hit.score
+                    terms.setdefault(key, {}).update(dict.fromkeys(hit.matched_terms))
+        return scores, terms
+
+    def fuse(self, hits: list[tuple[str, _Hit]]) -> list[tuple[str, _Hit]]:
+        """`hits` (BM25-scored) rescored by the RRF of every provider's ranking of them."""
+        rankings: list[list[str]] = []
+        terms: dict[str, dict[str, None]] = {}
+        for ranker in self.rankers:
+            if ranker.indexes is None:
+                scores = {key: hit.score for key, hit in hits}
+                for key, hit in hits:
+                    terms.setdefault(key, {}).update(dict.fromkeys(hit.terms))
+            else:
+                scores, found = self.provider_scores(ranker.indexes, hits)
+                for key, more in found.items():
+                    terms.setdefault(key, {}).update(more)
+            positive = [(-score, key) for key, score in scores.items() if score > 0]
+            rankings.append([key for _, key in sorted(positive)])
+        fused = dict(
+            reciprocal_rank_fusion(rankings, weights=[ranker.weight for ranker in self.rankers])
+        )
+        return [
+            (key, _Hit(hit.value, fused.get(key, 0.0), list(terms.get(key, {}))))
+            for key, hit in hits
+        ]
+
     def run(self, rows: Iterable[tuple[str, Any]]) -> tuple[list[tuple[str, _Hit]], bool]:
         """The window (in order) and whether `limit` cut rows off."""
         hits = [
@@ -120,6 +196,8 @@ class _Hybrid:
             for key, value in rows
             if self.query.predicate.matches(value)
         ]
+        if self.rankers:
+            hits = self.fuse(hits)
         hits.sort(key=lambda item: item[0])
         for name, descending in reversed(self.sort):
             hits.sort(key=_by(name), reverse=descending)
@@ -146,9 +224,17 @@ def _by(name: str) -> Callable[[tuple[str, _Hit]], Any]:
 class HybridQueries:
     """Every hybrid subscription of one server."""
 
-    def __init__(self, maps: MapRegistry, *, encode: Callable[[msgspec.Struct], bytes]) -> None:
+    def __init__(
+        self,
+        maps: MapRegistry,
+        *,
+        encode: Callable[[msgspec.Struct], bytes],
+        fusion: Mapping[str, Sequence[tuple[SearchProvider, float]]] | None = None,
+    ) -> None:
         self.maps = maps
         self.encode = encode
+        self.fusion = fusion or {}
+        """The providers and weights of the maps whose text relevance is fused."""
         self._subs: dict[SubId, _Hybrid] = {}
         self._outbox: list[tuple[Recipient, bytes]] = []
 
@@ -178,6 +264,15 @@ class HybridQueries:
             fields,
             leaves,
             {leaf.attribute: BM25Index([leaf.attribute]) for leaf in leaves},
+            [
+                _Ranker(
+                    weight,
+                    None
+                    if provider is BM25Index
+                    else {leaf.attribute: provider([leaf.attribute]) for leaf in leaves},
+                )
+                for provider, weight in self.fusion.get(map_name, ())
+            ],
         )
         rows = self._rows(hybrid)
         for key, value in rows:

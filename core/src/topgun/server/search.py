@@ -76,7 +76,7 @@ class SearchService:
     ) -> None:
         self.maps = maps
         self.options = {name: o for name, o in options.items() if o.search_fields}
-        for name, found in self.options.items():
+        for name, found in options.items():
             for provider in found.providers:
                 if provider not in providers:
                     known = ", ".join(sorted(providers)) or "none"
@@ -85,6 +85,15 @@ class SearchService:
                         f"which no plugin registers (registered: {known})"
                     )
         self.providers = providers
+        self.fusion: dict[str, list[tuple[SearchProvider, float]]] = {
+            name: [
+                (providers[provider], weight)
+                for provider, weight in zip(found.providers, found.provider_weights, strict=True)
+            ]
+            for name, found in options.items()
+            if len(found.providers) > 1
+        }
+        """The providers and weights of every map naming several (hybrid queries fuse them)."""
         self.encode = encode
         self.live: LiveSearches[SubId] = LiveSearches()
         self._indexes: dict[str, SearchIndex] = {}

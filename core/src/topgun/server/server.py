@@ -116,7 +116,7 @@ class Server:
         self.search = SearchService(
             self.maps, config.maps, search_providers(self.pm), encode=self.codec.encode
         )
-        self.hybrid = HybridQueries(self.maps, encode=self.codec.encode)
+        self.hybrid = HybridQueries(self.maps, encode=self.codec.encode, fusion=self.search.fusion)
         self.router.watchers += [self.live.changed, self.search.changed, self.hybrid.changed]
         self.router.after_delivery += [self.live.flush, self.hybrid.flush]
         self.writes = WritePipeline(
