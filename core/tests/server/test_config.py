@@ -514,3 +514,25 @@ def test_docs_list_every_variable_and_flag() -> None:
     missing = [name for name in environment_variables() if f"`{name}`" not in text]
     missing += [flag.flag for flag in CLI_FLAGS if f"`{flag.flag}`" not in text]
     assert not missing, f"docs/server.md does not document: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            "[maps.users]\nfoo = 1\n",
+            r"^config\.toml: \[maps\.users\]: unknown key 'foo' \(valid keys: indexes,",
+        ),
+        (
+            "[maps.a]\n[maps.b]\nsearch_fields = [1]\n",
+            r"^config\.toml: \[maps\.b\] search_fields\[0\]: expected str, got 1$",
+        ),
+        (
+            '[maps.users]\nindexes = ["bogus:x"]\n',
+            r"^config\.toml: \[maps\.users\]: unknown index kind 'bogus'",
+        ),
+    ],
+)
+def test_errors_inside_a_map_table_name_the_map(toml: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(toml, environ={})

@@ -509,17 +509,47 @@ def _toml_key(path: tuple[str | int, ...]) -> str:
     if head == "policies" and rest and isinstance(rest[0], int):
         where = f"[[policies]] #{rest[0] + 1}"
         return f"{where} {_dotted(rest[1:])}" if rest[1:] else where
+    if head == "maps" and rest and isinstance(rest[0], str):
+        where = f"[maps.{rest[0]}]"
+        return f"{where} {_dotted(rest[1:])}" if rest[1:] else where
     if isinstance(head, str) and (head in _TABLES or head not in _CORE_KEYS):
         return f"[{head}] {_dotted(rest)}" if rest else f"[{head}]"
     return _dotted(path)
 
 
+_ANY_KEY: Final = "[...]"
+"""What msgspec's error path says for an entry of a dict (`$.maps[...].indexes`)."""
+
+
 def _parse_path(text: str) -> tuple[str | int, ...]:
     """`$.auth.port`, `$.policies[1].actions[0]` -> ('auth', 'port'), ('policies', 1, ...)."""
     parts: list[str | int] = []
-    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", text.removeprefix("$")):
-        parts.append(int(index) if index else name)
+    for name, index, any_key in re.findall(
+        r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])", text.removeprefix("$")
+    ):
+        parts.append(int(index) if index else any_key or name)
     return tuple(parts)
+
+
+def _resolve_keys(
+    data: Any, path: tuple[str | int, ...], root: type, strict: bool
+) -> tuple[str | int, ...]:
+    """Replace each `[...]` in `path` by the dict key whose entry fails to convert."""
+    resolved: list[str | int] = []
+    for part in path:
+        if part == _ANY_KEY:
+            found, table = _lookup(data, tuple(resolved))
+            entry_type = _type_at(tuple(resolved), root)
+            value_type = entry_type.value_type if isinstance(entry_type, mi.DictType) else None
+            if found and isinstance(table, dict) and isinstance(value_type, mi.StructType):
+                for key, entry in table.items():
+                    try:
+                        msgspec.convert(entry, value_type.cls, strict=strict, dec_hook=_dec_hook)
+                    except msgspec.ValidationError:
+                        part = key
+                        break
+        resolved.append(part)
+    return tuple(resolved)
 
 
 def _lookup(data: Any, path: tuple[str | int, ...]) -> tuple[bool, Any]:
@@ -538,6 +568,8 @@ def _type_at(path: tuple[str | int, ...], root: type) -> mi.Type | None:
         t = _unwrap_optional(t)
         if isinstance(part, int) and isinstance(t, mi.ListType | mi.VarTupleType):
             t = t.item_type
+        elif isinstance(part, str) and isinstance(t, mi.DictType):
+            t = t.value_type
         elif isinstance(part, str) and isinstance(t, mi.StructType):
             match = [f for f in t.fields if f.encode_name == part]
             if not match:
@@ -568,7 +600,7 @@ def _validation_error(
 ) -> ConfigError:
     """msgspec's error, told with the user's key names and the offending value."""
     message = str(error).rpartition(" - at `")[0] or str(error)
-    path = _error_path(error)
+    path = _resolve_keys(_lookup(layer.data, prefix)[1], _error_path(error), root, layer.strict)
     unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
     missing = re.fullmatch(r"Object missing required field `(.+)`", message)
     if unknown:
