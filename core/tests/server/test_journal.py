@@ -166,6 +166,30 @@ async def test_journal_survives_a_restart(gated_start: Any) -> None:
         assert [(e.sequence, e.key) for e in events] == [("2", "k2"), ("3", "k3"), ("4", "later")]
 
 
+async def test_a_capacity_change_between_restarts_keeps_the_newest_events(
+    gated_start: Any,
+) -> None:
+    written = 0
+
+    async def run(capacity: int, writes: int) -> list[str]:
+        nonlocal written
+        async with gated_start(journal=JournalConfig(capacity=capacity)) as h:
+            client = await h.login()
+            if writes:
+                await write(client, *(put(f"k{written + i}", i) for i in range(writes)))
+                written += writes
+            return [e.sequence for e in (await read(client)).events]
+
+    assert await run(3, 5) == ["2", "3", "4"]
+    assert await run(5, 0) == ["2", "3", "4"]
+    assert await run(5, 3) == ["3", "4", "5", "6", "7"]
+    assert await run(5, 0) == ["3", "4", "5", "6", "7"]
+    assert await run(2, 1) == ["7", "8"]
+    assert await run(4, 3) == ["8", "9", "10", "11"]
+    assert await run(4, 0) == ["8", "9", "10", "11"]
+    assert await run(4, 1) == ["9", "10", "11", "12"]
+
+
 async def test_disabled_journal_answers_503(start: Any) -> None:
     async with start(journal=JournalConfig(enabled=False)) as h:
         client = await h.login()

@@ -5,8 +5,11 @@ The write pipeline tells the journal about every op that changed a map (a change
 pushes, entry processors, TTL expiry. Each change becomes a `JournalEvent` with the next
 value of a server-wide sequence counter: `DELETE` when the new record is a tombstone (or an
 OR tag was tombstoned), `PUT` when the key had no live value, else `UPDATE`. The newest
-`capacity` events are kept in a ring and in the storage meta area (namespace `journal`, in
-the same storage batch as the change itself), so sequences keep increasing across restarts.
+`capacity` events are kept in a ring, mirrored in the storage meta area (namespace `journal`,
+in the same storage batch as the change itself) as ring slots: event `n` is stored under slot
+`n % capacity`, overwriting the event it drops, so journaling costs one storage change per
+event. Loading keeps the newest `capacity` stored events, so sequences keep increasing across
+restarts, and moves them to their slots when the capacity changed.
 
 Readers see only events of maps they may READ, with values filtered by their field-level
 security; `JOURNAL_SUBSCRIBE` replays from a sequence and then streams, `JOURNAL_READ` pages.
@@ -36,7 +39,7 @@ from topgun.protocol import (
 from topgun.server.maps import Recording
 from topgun.server.permissions import WITHHELD, FieldFilter
 from topgun.server.writes import Applied
-from topgun.storage import PutMeta, StorageBackend
+from topgun.storage import Change, PutMeta, StorageBackend
 
 if TYPE_CHECKING:
     from topgun.server.session import Session
@@ -44,14 +47,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 JOURNAL_NAMESPACE: Final = "journal"
-"""Meta-area namespace: zero-padded sequence -> the msgpack-encoded `JournalEvent`."""
+"""Meta-area namespace: zero-padded ring slot -> the msgpack-encoded `JournalEvent`."""
 
 DEFAULT_READ_LIMIT: Final = 100
 MAX_READ_LIMIT: Final = 1000
 
 
-def _meta_key(sequence: int) -> str:
-    return f"{sequence:020d}"
+_encode: Final = msgspec.msgpack.Encoder().encode
+_decoder: Final = msgspec.msgpack.Decoder(JournalEvent)
 
 
 class JournalReader(Protocol):
@@ -96,20 +99,44 @@ class Journal:
         self.node_id = node_id
         self.hlc = hlc
         self.field_filter = field_filter
-        self.events: deque[JournalEvent] = deque()
+        self.events: deque[JournalEvent] = deque(maxlen=capacity)
         self.next_sequence = 0
         self._subscriptions: dict[JournalReader, dict[str, _Subscription]] = {}
 
     # -- recording ----------------------------------------------------------------------
 
     async def load(self, backend: StorageBackend) -> int:
-        """Restore the retained events from storage; returns how many."""
-        stored = await backend.load_meta(JOURNAL_NAMESPACE)
-        for key in sorted(stored)[-self.capacity :]:
-            self.events.append(msgspec.msgpack.decode(stored[key], type=JournalEvent))
-        if self.events:
-            self.next_sequence = int(self.events[-1].sequence) + 1
-        return len(self.events)
+        """Restore the newest `capacity` stored events; returns how many.
+
+        Stored events outside their slot (the capacity changed, or an older layout) are moved
+        to it, and slots holding no retained event are deleted, so that later writes overwrite
+        exactly the events they drop."""
+        stored = {
+            key: _decoder.decode(raw)
+            for key, raw in (await backend.load_meta(JOURNAL_NAMESPACE)).items()
+        }
+        newest = sorted(stored.values(), key=lambda event: int(event.sequence))
+        slots: dict[str, JournalEvent] = {}
+        for event in newest[-self.capacity :]:  # a newer event wins a shared slot
+            slots[self._slot(int(event.sequence))] = event
+        kept = sorted(slots.values(), key=lambda event: int(event.sequence))
+        self.events.extend(kept)
+        if kept:
+            self.next_sequence = int(kept[-1].sequence) + 1
+        repairs: list[Change] = [
+            PutMeta(JOURNAL_NAMESPACE, key, None) for key in stored if key not in slots
+        ]
+        repairs += [
+            PutMeta(JOURNAL_NAMESPACE, key, _encode(event))
+            for key, event in slots.items()
+            if stored.get(key) is not event
+        ]
+        if repairs:
+            await backend.store_batch(repairs)
+        return len(kept)
+
+    def _slot(self, sequence: int) -> str:
+        return f"{sequence % self.capacity:020d}"
 
     def observe(self, applied: Applied, recording: Recording) -> None:
         """The change observer: journal `applied`, persist it with `recording`, stream it."""
@@ -173,20 +200,12 @@ class Journal:
         )
 
     def _append(self, event: JournalEvent, recording: Recording) -> None:
-        self.events.append(event)
+        self.events.append(event)  # drops the oldest beyond `capacity`
         recording.changes.append(
-            PutMeta(
-                JOURNAL_NAMESPACE,
-                _meta_key(int(event.sequence)),
-                msgspec.msgpack.encode(event),
-            )
+            PutMeta(JOURNAL_NAMESPACE, self._slot(int(event.sequence)), _encode(event))
         )
-        while len(self.events) > self.capacity:
-            dropped = self.events.popleft()
-            recording.changes.append(
-                PutMeta(JOURNAL_NAMESPACE, _meta_key(int(dropped.sequence)), None)
-            )
-        self._stream(event)
+        if self._subscriptions:
+            self._stream(event)
 
     # -- reading ------------------------------------------------------------------------
 
