@@ -2,8 +2,8 @@
 
 Each `Server` has its own `CollectorRegistry`, so several servers in one process (tests,
 simulations, an embedding application) never mix their figures. Latencies are measured
-with the event loop's monotonic clock, not the injected wall clock: they are operational
-figures, not protocol time.
+with `time.monotonic`, not the injected wall clock: they are operational figures, not
+protocol time.
 """
 
 from __future__ import annotations

@@ -32,18 +32,19 @@ from topgun.storage.errors import StorageClosedError, StorageWriteError
 class Commit:
     """The outcome of one submitted batch: pending until its transaction ends."""
 
-    __slots__ = ("_error", "_event", "size")
+    __slots__ = ("_done", "_error", "_event", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         """The number of changes submitted."""
-        self._event = anyio.Event()
+        self._done = False
+        self._event: anyio.Event | None = None  # made by the first waiter: most never wait
         self._error: BaseException | None = None
 
     @property
     def done(self) -> bool:
         """True once the transaction holding the batch committed or failed."""
-        return self._event.is_set()
+        return self._done
 
     @property
     def error(self) -> BaseException | None:
@@ -52,11 +53,18 @@ class Commit:
 
     def _finish(self, error: BaseException | None = None) -> None:
         self._error = error
-        self._event.set()
+        self._done = True
+        if self._event is not None:
+            self._event.set()
 
     async def wait(self) -> None:
         """Return once the batch is committed; raise `StorageWriteError` if it failed."""
-        await self._event.wait()
+        if not self._done:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
         if self._error is not None:
             raise StorageWriteError(
                 f"the storage transaction holding {self.size} submitted change(s) failed: "
