@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -360,14 +360,42 @@ class SQLiteBackend:
         with self._translated(f"writing a batch of {len(changes)} change(s)"):
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Runs of LWW puts and meta upserts go through `executemany` (in order; meta
+                # rows are independent of map rows, so they may go after them).
+                lww_rows: list[tuple[object, ...]] = []
+                meta_rows: list[tuple[str, str, bytes]] = []
                 for change, value in zip(changes, values, strict=True):
+                    if isinstance(change, PutMeta) and value is not None:
+                        meta_rows.append((change.namespace, change.key, value))
+                        continue
+                    if isinstance(change, PutRecord):
+                        found = self._map_id(conn, change, change.map_name, created)
+                        assert found is not None  # a PutRecord creates its map
+                        lww_rows.append(_lww_row(found[0], change, value))
+                        continue
+                    self._flush(conn, lww_rows, meta_rows)
                     self._apply(conn, change, value, created)
+                self._flush(conn, lww_rows, meta_rows)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         self._maps.update(created)
+
+    @staticmethod
+    def _flush(
+        conn: sqlite3.Connection,
+        lww_rows: list[tuple[object, ...]],
+        meta_rows: list[tuple[str, str, bytes]],
+    ) -> None:
+        """Write (and clear) the pending LWW and meta rows."""
+        if lww_rows:
+            conn.executemany(_PUT_LWW, lww_rows)
+            lww_rows.clear()
+        if meta_rows:
+            conn.executemany(_PUT_META, meta_rows)
+            meta_rows.clear()
 
     def _map_id(
         self,
@@ -405,32 +433,14 @@ class SQLiteBackend:
                     (change.namespace, change.key),
                 )
             else:
-                conn.execute(
-                    "INSERT INTO meta VALUES (?, ?, ?)"
-                    " ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
-                    (change.namespace, change.key, value),
-                )
+                conn.execute(_PUT_META, (change.namespace, change.key, value))
             return
         found = self._map_id(conn, change, change.map_name, created)
         if found is None:
             return
         map_id, kind = found
         if isinstance(change, PutRecord):
-            conn.execute(
-                "INSERT INTO lww_records VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (map_id, key) DO UPDATE SET value = excluded.value,"
-                " millis = excluded.millis, counter = excluded.counter,"
-                " node_id = excluded.node_id, ttl_ms = excluded.ttl_ms"
-                " WHERE (excluded.millis, excluded.counter, excluded.node_id)"
-                " > (lww_records.millis, lww_records.counter, lww_records.node_id)",
-                (
-                    map_id,
-                    change.key,
-                    value,
-                    *_columns(change.record.timestamp),
-                    change.record.ttl_ms,
-                ),
-            )
+            conn.execute(_PUT_LWW, _lww_row(map_id, change, value))
         elif isinstance(change, PruneRecord):
             conn.execute(
                 "DELETE FROM lww_records WHERE map_id = ? AND key = ? AND value IS NULL"
@@ -474,6 +484,28 @@ class SQLiteBackend:
             conn.execute(
                 "DELETE FROM or_tombstones WHERE map_id = ? AND key = ?", (map_id, change.key)
             )
+
+
+_PUT_LWW: Final = (
+    "INSERT INTO lww_records VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (map_id, key) DO UPDATE SET value = excluded.value,"
+    " millis = excluded.millis, counter = excluded.counter,"
+    " node_id = excluded.node_id, ttl_ms = excluded.ttl_ms"
+    " WHERE (excluded.millis, excluded.counter, excluded.node_id)"
+    " > (lww_records.millis, lww_records.counter, lww_records.node_id)"
+)
+"""Upsert an LWW record unless the stored one has a newer timestamp."""
+
+_PUT_META: Final = (
+    "INSERT INTO meta VALUES (?, ?, ?)"
+    " ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value"
+)
+
+
+def _lww_row(map_id: int, change: PutRecord, value: bytes | None) -> tuple[object, ...]:
+    record = change.record
+    ts = record.timestamp
+    return (map_id, change.key, value, ts.millis, ts.counter, ts.node_id, record.ttl_ms)
 
 
 def _columns(ts: Timestamp) -> tuple[int, int, str]:
