@@ -11,9 +11,7 @@ that commit rather than reporting a state that is not on disk yet.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -71,6 +69,24 @@ class Recording:
     changes: list[Change] = field(default_factory=list)
     keys: set[tuple[str, str]] = field(default_factory=set)
     """(map, key) of every key whose stored state changed."""
+
+
+class _RecordingBlock:
+    """`MapRegistry.recording()`: a plain context manager (one is opened per op)."""
+
+    __slots__ = ("_registry",)
+
+    def __init__(self, registry: MapRegistry) -> None:
+        self._registry = registry
+
+    def __enter__(self) -> Recording:
+        if self._registry._recording is not None:
+            raise RuntimeError("a map recording is already open")
+        recording = self._registry._recording = Recording()
+        return recording
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._registry._recording = None
 
 
 class MapRegistry:
@@ -137,19 +153,12 @@ class MapRegistry:
 
     # -- changes --------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def recording(self) -> Iterator[Recording]:
+    def recording(self) -> _RecordingBlock:
         """Collect the events and storage changes of every change made inside the block.
 
         The block must not await: changes of other requests would land in this recording.
         """
-        if self._recording is not None:
-            raise RuntimeError("a map recording is already open")
-        recording = self._recording = Recording()
-        try:
-            yield recording
-        finally:
-            self._recording = None
+        return _RecordingBlock(self)
 
     def _active(self) -> Recording:
         if self._recording is None:
