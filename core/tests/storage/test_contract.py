@@ -50,6 +50,15 @@ TS = Timestamp(1, 0, "n")
             "record timestamp must be a Timestamp, got str",
         ),  # type: ignore[arg-type]
         ([PutRecord("m", "k", LWWRecord(1, Timestamp(1, 0, 7)))], "node id"),  # type: ignore[arg-type]
+        # the plain-put fast path hands every one of these to the full checks
+        ([PutRecord("m", "k", LWWRecord(1, Timestamp(2**53, 0, "n")))], "timestamp millis"),
+        ([PutRecord("m", "k", LWWRecord(1, Timestamp(1, -1, "n")))], "timestamp counter"),
+        ([PutRecord("m", "k", LWWRecord(1, Timestamp(1, 0, "a:b")))], "node id"),
+        ([PutRecord("m", "k", LWWRecord(1, Timestamp(True, 0, "n")))], "timestamp millis"),
+        ([PutRecord(5, "k", LWWRecord(1, TS))], "map_name must be a str"),  # type: ignore[arg-type]
+        ([PutRecord("m", "\udcff", LWWRecord(1, TS))], "is not valid Unicode text"),
+        ([PutRecord("m", "k", ORMapRecord(1, TS, str(TS)))], "record must be an LWWRecord"),  # type: ignore[arg-type]
+        ([PutMeta("ns", 2, b"v")], "key must be a str"),  # type: ignore[arg-type]
         ([PutRecord("m", "k", LWWRecord(1, TS, ttl_ms=-5))], "ttl_ms must be positive"),
         ([PutRecord("m", "k", LWWRecord(1, TS, ttl_ms=math.inf))], "ttl_ms must be positive"),
         ([PutRecord("m", "k", LWWRecord(1, TS, ttl_ms="5"))], "ttl_ms must be a number"),  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 import msgspec
 
 from topgun.crdt import LWWRecord, ORMapRecord, Timestamp, check_ttl, validate_timestamp
+from topgun.crdt.hlc import MAX_SAFE_INTEGER
 from topgun.storage.codecs import CodecContext, CodecPipeline
 from topgun.storage.errors import InvalidChangeError, MapKindError, StorageConfigError
 
@@ -148,41 +149,85 @@ def check_batch(changes: object) -> None:
     if isinstance(changes, str | bytes) or not isinstance(changes, Sequence):
         raise InvalidChangeError(f"a batch is a sequence of changes, got {type(changes).__name__}")
     for index, change in enumerate(changes):
-        if isinstance(change, PutMeta):
-            _check_str(index, change, "namespace", change.namespace)
-            _check_str(index, change, "key", change.key)
-            if change.value is not None and type(change.value) is not bytes:
-                raise _fail(index, change, f"value must be bytes or None, not {change.value!r}")
+        if _plainly_valid(change):
             continue
-        if not isinstance(change, LWW_CHANGES + OR_CHANGES + (DeleteKey,)):
-            raise _fail(index, change, "not a storage change")
-        _check_str(index, change, "map_name", change.map_name)
-        if isinstance(change, PutRecord | AddORRecord):
+        _check_change(index, change)
+
+
+def _plainly_valid(change: object) -> bool:
+    """True for the common shapes that pass every check (an LWW put without TTL, a meta
+    row, ASCII names): the per-write fast path. False means "check in full", not invalid."""
+    if isinstance(change, PutRecord):
+        record = change.record
+        if record.__class__ is not LWWRecord or record.ttl_ms is not None:
+            return False
+        ts = record.timestamp
+        if ts.__class__ is not Timestamp:
+            return False
+        millis, counter, node_id = ts.millis, ts.counter, ts.node_id
+        name, key = change.map_name, change.key
+        return (
+            type(millis) is int
+            and 0 <= millis <= MAX_SAFE_INTEGER
+            and type(counter) is int
+            and 0 <= counter <= MAX_SAFE_INTEGER
+            and type(node_id) is str
+            and node_id.isascii()
+            and ":" not in node_id
+            and type(name) is str
+            and name.isascii()
+            and type(key) is str
+            and key.isascii()
+        )
+    if isinstance(change, PutMeta):
+        namespace, key, value = change.namespace, change.key, change.value
+        return (
+            type(namespace) is str
+            and namespace.isascii()
+            and type(key) is str
+            and key.isascii()
+            and (value is None or type(value) is bytes)
+        )
+    return False
+
+
+def _check_change(index: int, change: object) -> None:
+    """Every check of `check_batch` for one change."""
+    if isinstance(change, PutMeta):
+        _check_str(index, change, "namespace", change.namespace)
+        _check_str(index, change, "key", change.key)
+        if change.value is not None and type(change.value) is not bytes:
+            raise _fail(index, change, f"value must be bytes or None, not {change.value!r}")
+        return
+    if not isinstance(change, LWW_CHANGES + OR_CHANGES + (DeleteKey,)):
+        raise _fail(index, change, "not a storage change")
+    _check_str(index, change, "map_name", change.map_name)
+    if isinstance(change, PutRecord | AddORRecord):
+        _check_str(index, change, "key", change.key)
+        expected = LWWRecord if isinstance(change, PutRecord) else ORMapRecord
+        record = change.record
+        if not isinstance(record, expected):
+            raise _fail(index, change, f"record must be an {expected.__name__}")
+        _check_timestamp(index, change, "record timestamp", record.timestamp)
+        try:
+            check_ttl(record.ttl_ms)
+        except ValueError as exc:
+            raise _fail(index, change, f"record {exc}") from None
+        if isinstance(record, ORMapRecord):
+            _check_str(index, change, "record tag", record.tag)
+            if record.tag != str(record.timestamp):
+                raise _fail(
+                    index, change, f"tag {record.tag!r} is not its timestamp {record.timestamp}"
+                )
+    elif isinstance(change, PruneRecord):
+        _check_str(index, change, "key", change.key)
+        _check_timestamp(index, change, "older_than", change.older_than)
+    elif isinstance(change, RemoveORTag | PruneORTag):
+        _check_str(index, change, "tag", change.tag)
+        if isinstance(change, RemoveORTag) and change.key is not None:
             _check_str(index, change, "key", change.key)
-            expected = LWWRecord if isinstance(change, PutRecord) else ORMapRecord
-            record = change.record
-            if not isinstance(record, expected):
-                raise _fail(index, change, f"record must be an {expected.__name__}")
-            _check_timestamp(index, change, "record timestamp", record.timestamp)
-            try:
-                check_ttl(record.ttl_ms)
-            except ValueError as exc:
-                raise _fail(index, change, f"record {exc}") from None
-            if isinstance(record, ORMapRecord):
-                _check_str(index, change, "record tag", record.tag)
-                if record.tag != str(record.timestamp):
-                    raise _fail(
-                        index, change, f"tag {record.tag!r} is not its timestamp {record.timestamp}"
-                    )
-        elif isinstance(change, PruneRecord):
-            _check_str(index, change, "key", change.key)
-            _check_timestamp(index, change, "older_than", change.older_than)
-        elif isinstance(change, RemoveORTag | PruneORTag):
-            _check_str(index, change, "tag", change.tag)
-            if isinstance(change, RemoveORTag) and change.key is not None:
-                _check_str(index, change, "key", change.key)
-        else:
-            _check_str(index, change, "key", change.key)
+    else:
+        _check_str(index, change, "key", change.key)
 
 
 _KIND_NAMES: dict[MapKind, str] = {"lww": "an LWW map", "ormap": "an OR-Map"}
