@@ -17,8 +17,11 @@ from topgun.crdt import LWWRecord, Timestamp
 from topgun.storage import (
     SCHEMA_VERSION,
     BackendConfig,
+    Change,
     CodecContext,
     CodecPipeline,
+    DeleteKey,
+    MemoryBackend,
     PutMeta,
     PutRecord,
     SQLiteBackend,
@@ -247,3 +250,27 @@ async def test_committed_batches_survive_a_killed_process(tmp_path: Path) -> Non
     await backend.close()
     assert snapshot is not None
     assert snapshot.records == {f"k{i}": LWWRecord(i, Timestamp(i, 0, "n")) for i in range(1000)}
+
+
+@pytest.mark.anyio
+async def test_large_batches_of_puts_and_meta_rows_apply_in_order(tmp_path: Path) -> None:
+    """Runs of puts and meta rows go through multi-row statements: repeated keys in one
+    batch (newer, then older timestamps; a meta row rewritten, then deleted) end as the
+    memory backend, which applies changes one by one, ends."""
+    batch: list[Change] = []
+    for i in range(2500):
+        key = f"k{i % 300}"
+        batch.append(PutRecord("m", key, LWWRecord(i, Timestamp(1 + i % 700, 0, "n"))))
+        batch.append(PutMeta("ns", f"{i % 450:04d}", str(i).encode()))
+        if i % 997 == 0:
+            batch.append(PutMeta("ns", f"{i % 450:04d}", None))
+            batch.append(DeleteKey("m", key))
+    sqlite_backend = SQLiteBackend(tmp_path / "topgun.db")
+    memory = MemoryBackend()
+    for backend in (sqlite_backend, memory):
+        await backend.initialize()
+        await backend.store_batch(batch)
+    assert await sqlite_backend.load_map("m") == await memory.load_map("m")
+    assert await sqlite_backend.load_meta("ns") == await memory.load_meta("ns")
+    await sqlite_backend.close()
+    await memory.close()

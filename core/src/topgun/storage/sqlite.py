@@ -16,6 +16,7 @@ values are msgpack passed through the codec pipeline.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -389,13 +390,11 @@ class SQLiteBackend:
         lww_rows: list[tuple[object, ...]],
         meta_rows: list[tuple[str, str, bytes]],
     ) -> None:
-        """Write (and clear) the pending LWW and meta rows."""
-        if lww_rows:
-            conn.executemany(_PUT_LWW, lww_rows)
-            lww_rows.clear()
-        if meta_rows:
-            conn.executemany(_PUT_META, meta_rows)
-            meta_rows.clear()
+        """Write (and clear) the pending LWW and meta rows in multi-row statements: the
+        sqlite3 module releases and retakes the GIL around every prepare and step, and
+        retaking it waits while the event loop runs, so fewer statements commit faster."""
+        _upsert(conn, _put_lww, lww_rows)
+        _upsert(conn, _put_meta, meta_rows)
 
     def _map_id(
         self,
@@ -433,14 +432,14 @@ class SQLiteBackend:
                     (change.namespace, change.key),
                 )
             else:
-                conn.execute(_PUT_META, (change.namespace, change.key, value))
+                conn.execute(_put_meta(1), (change.namespace, change.key, value))
             return
         found = self._map_id(conn, change, change.map_name, created)
         if found is None:
             return
         map_id, kind = found
         if isinstance(change, PutRecord):
-            conn.execute(_PUT_LWW, _lww_row(map_id, change, value))
+            conn.execute(_put_lww(1), _lww_row(map_id, change, value))
         elif isinstance(change, PruneRecord):
             conn.execute(
                 "DELETE FROM lww_records WHERE map_id = ? AND key = ? AND value IS NULL"
@@ -486,20 +485,49 @@ class SQLiteBackend:
             )
 
 
-_PUT_LWW: Final = (
-    "INSERT INTO lww_records VALUES (?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (map_id, key) DO UPDATE SET value = excluded.value,"
-    " millis = excluded.millis, counter = excluded.counter,"
-    " node_id = excluded.node_id, ttl_ms = excluded.ttl_ms"
-    " WHERE (excluded.millis, excluded.counter, excluded.node_id)"
-    " > (lww_records.millis, lww_records.counter, lww_records.node_id)"
-)
-"""Upsert an LWW record unless the stored one has a newer timestamp."""
+def _upsert(
+    conn: sqlite3.Connection,
+    statement: Callable[[int], str],
+    rows: list[tuple[str, str, bytes]] | list[tuple[object, ...]],
+) -> None:
+    """Run `statement` over `rows` in order, as few statements as SQLite's parameter limit
+    allows (at most `_ROWS_PER_STATEMENT` rows each), and clear them."""
+    if not rows:
+        return
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(rows[0])
+    per_statement = max(1, min(_ROWS_PER_STATEMENT, limit))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        conn.execute(statement(len(chunk)), [value for row in chunk for value in row])
+    rows.clear()
 
-_PUT_META: Final = (
-    "INSERT INTO meta VALUES (?, ?, ?)"
-    " ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value"
-)
+
+_ROWS_PER_STATEMENT: Final = 1000
+"""Rows per multi-row upsert at most (the writer's default transaction size)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _put_lww(rows: int) -> str:
+    """Upsert `rows` LWW records, in order, each unless the stored one is newer."""
+    return (
+        "INSERT INTO lww_records VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+        + " ON CONFLICT (map_id, key) DO UPDATE SET value = excluded.value,"
+        " millis = excluded.millis, counter = excluded.counter,"
+        " node_id = excluded.node_id, ttl_ms = excluded.ttl_ms"
+        " WHERE (excluded.millis, excluded.counter, excluded.node_id)"
+        " > (lww_records.millis, lww_records.counter, lww_records.node_id)"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _put_meta(rows: int) -> str:
+    """Upsert `rows` meta rows, in order."""
+    return (
+        "INSERT INTO meta VALUES "
+        + ", ".join(["(?, ?, ?)"] * rows)
+        + " ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value"
+    )
 
 
 def _lww_row(map_id: int, change: PutRecord, value: bytes | None) -> tuple[object, ...]:
