@@ -356,7 +356,7 @@ class SQLiteBackend:
 
     def _store(self, changes: Sequence[Change]) -> None:
         conn = self._connection()
-        values = [encoded_value(change, self.codecs) for change in changes]
+        values = self._values(changes)
         created: dict[str, tuple[int, MapKind]] = {}
         with self._translated(f"writing a batch of {len(changes)} change(s)"):
             conn.execute("BEGIN IMMEDIATE")
@@ -383,6 +383,33 @@ class SQLiteBackend:
                     conn.execute("ROLLBACK")
                 raise
         self._maps.update(created)
+
+    def _values(self, changes: Sequence[Change]) -> list[bytes | None]:
+        """`encoded_value` of each change. With no codecs configured, a plain LWW value is
+        just its msgpack and a meta value its bytes: taken directly (in the writer thread,
+        where every bit of Python work waits for the GIL); anything else, and any value
+        msgpack refuses, goes through `encoded_value` (and its errors)."""
+        codecs = self.codecs
+        if codecs.names:
+            return [encoded_value(change, codecs) for change in changes]
+        encode = _MSGPACK.encode
+        values: list[bytes | None] = []
+        for change in changes:
+            if change.__class__ is PutMeta:
+                values.append(change.value)
+                continue
+            if change.__class__ is PutRecord:
+                value = change.record.value
+                if value is None:
+                    values.append(None)
+                    continue
+                try:
+                    values.append(encode(value))
+                    continue
+                except (TypeError, ValueError, OverflowError):
+                    pass
+            values.append(encoded_value(change, codecs))
+        return values
 
     @staticmethod
     def _flush(
