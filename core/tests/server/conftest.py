@@ -342,3 +342,31 @@ def gated_start(
                 gated.release()  # even when the test failed, so storage can drain
 
     return starter
+
+
+class StalledTransport:
+    """A client that stops reading: `send` blocks forever once `accept` frames went out."""
+
+    def __init__(self, accept: int) -> None:
+        self.accept = accept
+        self.sent: list[bytes] = []
+        self.closed: tuple[int, str] | None = None
+        self.close_event = anyio.Event()
+        self.is_open = True
+        self.remote_address = None
+
+    async def send(self, frame: bytes) -> None:
+        if len(self.sent) >= self.accept:
+            await anyio.sleep_forever()
+        self.sent.append(frame)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+        self.is_open = False
+        self.close_event.set()
+
+
+@pytest.fixture
+def stalled_transport() -> type[StalledTransport]:
+    """The `StalledTransport` class, for slow-consumer tests."""
+    return StalledTransport

@@ -304,33 +304,13 @@ async def test_a_full_queue_flushes_without_waiting_for_the_delay(start: Any) ->
         assert (batch["type"], batch["count"]) == ("BATCH", 2)
 
 
-class _StalledTransport:
-    """A transport whose client never reads: `send` blocks after the first frames."""
-
-    def __init__(self, accept: int) -> None:
-        self.accept = accept
-        self.sent: list[bytes] = []
-        self.closed: tuple[int, str] | None = None
-        self.close_event = anyio.Event()
-        self.is_open = True
-        self.remote_address = None
-
-    async def send(self, frame: bytes) -> None:
-        if len(self.sent) >= self.accept:
-            await anyio.sleep_forever()
-        self.sent.append(frame)
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-        self.is_open = False
-        self.close_event.set()
-
-
-async def test_a_client_that_does_not_read_is_closed_4003(start: Any) -> None:
+async def test_a_client_that_does_not_read_is_closed_4003(
+    start: Any, stalled_transport: type[Any]
+) -> None:
     """A slow consumer is closed with 4003 once its unsent output passes
     `max_outbound_bytes`, and the server keeps serving others."""
     async with start(max_outbound_bytes=4096, coalescing=CoalescingConfig(max_delay_ms=0)) as h:
-        transport = _StalledTransport(accept=3)  # AUTH_REQUIRED, AUTH_ACK, then one more
+        transport = stalled_transport(accept=3)  # AUTH_REQUIRED, AUTH_ACK, then one more
         send, frames = anyio.create_memory_object_stream[bytes | str](1000)
 
         async def serve() -> None:

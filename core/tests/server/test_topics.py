@@ -159,34 +159,14 @@ async def test_permissions_read_to_subscribe_put_to_publish(start: Any) -> None:
         assert delivered.payload.data == "ok"
 
 
-class StalledTransport:
-    """A client that stops reading: `send` blocks forever once `accept` frames went out."""
-
-    def __init__(self, accept: int) -> None:
-        self.accept = accept
-        self.sent: list[bytes] = []
-        self.closed: tuple[int, str] | None = None
-        self.close_event = anyio.Event()
-        self.is_open = True
-        self.remote_address = None
-
-    async def send(self, frame: bytes) -> None:
-        if len(self.sent) >= self.accept:
-            await anyio.sleep_forever()
-        self.sent.append(frame)
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-        self.is_open = False
-        self.close_event.set()
-
-
-async def test_a_slow_subscriber_never_blocks_the_publisher_or_others(start: Any) -> None:
+async def test_a_slow_subscriber_never_blocks_the_publisher_or_others(
+    start: Any, stalled_transport: type[Any]
+) -> None:
     """A subscriber that stops reading is closed with 4003 by its own outbound limit; the
     publisher and a reading subscriber carry on and get everything, in order."""
     async with start(max_outbound_bytes=16 * 1024) as h:
         publisher, fast = await h.login(), await h.login()
-        transport = StalledTransport(accept=2)  # AUTH_REQUIRED, AUTH_ACK, then stalls
+        transport = stalled_transport(accept=2)  # AUTH_REQUIRED, AUTH_ACK, then stalls
         send, frames = anyio.create_memory_object_stream[bytes | str](10)
 
         async def serve() -> None:
