@@ -146,6 +146,31 @@ async def test_bad_queries_denied_maps_and_cursors(start: Any) -> None:
         assert denied.payload.code == 403
 
 
+async def write_and_compare(
+    writer: Any,
+    watcher: Any,
+    view: dict[str, Any],
+    change: tuple[str, Any],
+    fresh_id: str,
+    query: dict[str, Any],
+) -> None:
+    """Write `change`, apply the deltas to `view`, and check it equals a fresh subscription
+    (keys, values, scores within 1e-4)."""
+    await writer.write(change)
+    for delta in await deltas(watcher):
+        if delta.type == "LEAVE":
+            del view[delta.key]
+        else:
+            view[delta.key] = (delta.value, delta.score)
+    fresh = await hybrid(watcher, fresh_id, **query)
+    expected = {r.key: (r.value, r.score) for r in fresh.payload.results}
+    assert view.keys() == expected.keys()
+    for k, (v, score) in view.items():
+        assert v == expected[k][0]
+        assert score == pytest.approx(expected[k][1], abs=1e-4)
+    await watcher.send(HybridQueryUnsubscribe(payload=HybridQueryUnsubscribePayload(fresh_id)))
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_the_client_view_equals_a_fresh_subscription(harness: Any, seed: int) -> None:
     """Random writes: the rows a client holds from HYBRID_QUERY_RESP plus deltas equal the
@@ -161,21 +186,7 @@ async def test_the_client_view_equals_a_fresh_subscription(harness: Any, seed: i
     for step in range(25):
         key = f"k{rng.randint(0, 5)}"
         value = None if rng.random() < 0.2 else {"title": " ".join(rng.choices(words, k=3))}
-        await writer.write((key, value))
-        for delta in await deltas(watcher):
-            if delta.type == "LEAVE":
-                del view[delta.key]
-            else:
-                view[delta.key] = (delta.value, delta.score)
-        fresh = await hybrid(watcher, f"fresh{step}", **query)
-        expected = {r.key: (r.value, r.score) for r in fresh.payload.results}
-        assert view.keys() == expected.keys()
-        for k, (v, score) in view.items():
-            assert v == expected[k][0]
-            assert score == pytest.approx(expected[k][1], abs=1e-4)
-        await watcher.send(
-            HybridQueryUnsubscribe(payload=HybridQueryUnsubscribePayload(f"fresh{step}"))
-        )
+        await write_and_compare(writer, watcher, view, (key, value), f"fresh{step}", query)
 
 
 class LongestIndex:
@@ -276,18 +287,4 @@ async def test_the_fused_client_view_equals_a_fresh_subscription(start: Any) -> 
             key = f"k{rng.randint(0, 5)}"
             size = rng.randint(1, 5)
             value = None if rng.random() < 0.2 else {"title": " ".join(rng.choices(words, k=size))}
-            await writer.write((key, value))
-            for delta in await deltas(watcher):
-                if delta.type == "LEAVE":
-                    del view[delta.key]
-                else:
-                    view[delta.key] = (delta.value, delta.score)
-            fresh = await hybrid(watcher, f"fresh{step}", **query)
-            expected = {r.key: (r.value, r.score) for r in fresh.payload.results}
-            assert view.keys() == expected.keys()
-            for k, (v, score) in view.items():
-                assert v == expected[k][0]
-                assert score == pytest.approx(expected[k][1], abs=1e-4)
-            await watcher.send(
-                HybridQueryUnsubscribe(payload=HybridQueryUnsubscribePayload(f"fresh{step}"))
-            )
+            await write_and_compare(writer, watcher, view, (key, value), f"fresh{step}", query)
