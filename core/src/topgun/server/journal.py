@@ -136,15 +136,16 @@ class Journal:
         return len(kept)
 
     def _slot(self, sequence: int) -> str:
-        return f"{sequence % self.capacity:020d}"
+        return str(sequence % self.capacity).zfill(20)
 
     def observe(self, applied: Applied, recording: Recording) -> None:
         """The change observer: journal `applied`, persist it with `recording`, stream it."""
-        for event in self._events_of(applied):
-            self._append(event, recording)
+        for sequence, event in self._events_of(applied):
+            self._append(sequence, event, recording)
 
-    def _events_of(self, applied: Applied) -> list[JournalEvent]:
-        found: list[JournalEvent] = []
+    def _events_of(self, applied: Applied) -> list[tuple[int, JournalEvent]]:
+        """(sequence, event) for each change of `applied`."""
+        found: list[tuple[int, JournalEvent]] = []
         for payload in applied.events:
             if payload.record is not None:
                 found.append(self._lww_event(applied, payload.record))
@@ -164,7 +165,7 @@ class Journal:
                 )
         return found
 
-    def _lww_event(self, applied: Applied, record: LWWRecord) -> JournalEvent:
+    def _lww_event(self, applied: Applied, record: LWWRecord) -> tuple[int, JournalEvent]:
         previous = applied.previous
         live_before = previous is not None and previous.value is not None
         if live_before and previous is not None and previous.ttl_ms is not None:
@@ -184,10 +185,10 @@ class Journal:
         value: object = UNSET,
         previous: object = UNSET,
         metadata: dict[str, object] | None = None,
-    ) -> JournalEvent:
+    ) -> tuple[int, JournalEvent]:
         sequence = self.next_sequence
         self.next_sequence += 1
-        return JournalEvent(
+        return sequence, JournalEvent(
             sequence=str(sequence),
             type=kind,
             map_name=applied.map_name,
@@ -199,11 +200,9 @@ class Journal:
             metadata=metadata,
         )
 
-    def _append(self, event: JournalEvent, recording: Recording) -> None:
+    def _append(self, sequence: int, event: JournalEvent, recording: Recording) -> None:
         self.events.append(event)  # drops the oldest beyond `capacity`
-        recording.changes.append(
-            PutMeta(JOURNAL_NAMESPACE, self._slot(int(event.sequence)), _encode(event))
-        )
+        recording.changes.append(PutMeta(JOURNAL_NAMESPACE, self._slot(sequence), _encode(event)))
         if self._subscriptions:
             self._stream(event)
 

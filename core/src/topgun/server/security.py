@@ -127,13 +127,16 @@ class Security:
         """
         if action not in ACTIONS or action == "ALL":
             raise ValueError(f"unknown action {action!r}; expected READ, PUT or REMOVE")
-        with self._bound():
+        token = _current.set(self)  # `_bound()`, inlined: this runs for every op
+        try:
             answers = call_hook_sync(
                 self.pm.hook.check_permission,
                 principal=principal,
                 resource=resource,
                 action=action,
             )
+        finally:
+            _current.reset(token)
         for answer in answers:
             if not isinstance(answer, bool):
                 raise PluginError(
