@@ -477,7 +477,8 @@ def test_register_codecs_form_a_reversible_pipeline(pm: TopgunPluginManager) -> 
 
 
 def test_register_routes(pm: TopgunPluginManager) -> None:
-    pm.unregister(name="topgun.server.websocket")  # the built-in one needs a real Quart app
+    for builtin in ("topgun.server.websocket", "topgun.server.http_sync", "topgun.server.sse"):
+        pm.unregister(name=builtin)  # the built-in ones need a real Quart app
     app = SimpleNamespace(routes={})
 
     def register_routes(app: Any, server: Any) -> None:

@@ -49,6 +49,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "topgun.cli",
     "topgun.server.security",
     "topgun.server.websocket",
+    "topgun.server.http_sync",
+    "topgun.server.sse",
     "topgun.search.providers",
     "topgun.storage.memory",
     "topgun.storage.sqlite",

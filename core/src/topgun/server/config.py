@@ -194,6 +194,19 @@ class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How many of the newest events are retained (in memory and in storage)."""
 
 
+class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """HTTP sync and server-sent events (PROTOCOL.md §9)."""
+
+    max_body_bytes: PositiveInt = 10 * MiB
+    """Larger `POST /sync` bodies are refused with 413."""
+    sse_heartbeat_ms: PositiveInt = 15_000
+    """An idle `GET /events` stream gets a `: ping` comment this often."""
+    sse_buffer_events: PositiveInt = 1024
+    """Events a stream may have unsent; beyond, it gets `resync` (OVERFLOW) and closes."""
+    ingest_flush_interval_ms: PositiveInt = 1000
+    """How often per-key ingest sequences are persisted (coalesced; see docs/transports.md)."""
+
+
 class ExpiryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """TTL expiry and tombstone GC (PROTOCOL.md §6.11)."""
 
@@ -306,6 +319,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connections: ConnectionLimits = msgspec.field(default_factory=ConnectionLimits)
     hlc: HLCConfig = msgspec.field(default_factory=HLCConfig)
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     expiry: ExpiryConfig = msgspec.field(default_factory=ExpiryConfig)
     processors: ProcessorConfig = msgspec.field(default_factory=ProcessorConfig)
     resolvers: tuple[ResolverBindingConfig, ...] = ()

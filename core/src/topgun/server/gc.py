@@ -27,7 +27,7 @@ from topgun.crdt import Timestamp
 from topgun.hooks import Principal
 from topgun.protocol import GcPrune, GcPrunePayload
 from topgun.server.maps import MapRegistry
-from topgun.storage import PutMeta
+from topgun.storage import Change, PutMeta
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class TombstoneGC:
         self.gc_age_ms = gc_age_ms
         self.interval_ms = interval_ms
         self.clients = clients
+        self.prune_observers: list[Callable[[list[Change]], list[Change]]] = []
+        """Told what each run prunes; each returns more storage changes for the same batch."""
         self._newest: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 
     def record_sent(self, client: object, millis: int) -> None:
@@ -95,6 +97,8 @@ class TombstoneGC:
         clients = [client for client in self.clients() if client.principal is not None]
         safe = self.safe_horizon(clients)
         changes = self.maps.prune_tombstones(safe)
+        for observer in self.prune_observers:
+            changes += observer(changes)
         if changes:
             if self.maps.writer is None:
                 raise RuntimeError("storage is not open")

@@ -40,6 +40,7 @@ from topgun.server.events import EventRouter, Recipient
 from topgun.server.expiry import ExpirySchedule
 from topgun.server.gc import TombstoneGC
 from topgun.server.hybrid import HybridQueries
+from topgun.server.ingest import IngestLog
 from topgun.server.journal import Journal
 from topgun.server.live import LiveQueryService
 from topgun.server.locks import LockManager
@@ -163,6 +164,12 @@ class Server:
             clients=lambda: list(self.sessions),
         )
         self.writes.record_sent = self.gc.record_sent
+        self.ingest = IngestLog(
+            self.maps, self.hlc, flush_interval_ms=config.http.ingest_flush_interval_ms
+        )
+        """Ingest sequences: the cursors of `POST /sync` and `GET /events` (§9.2)."""
+        self.writes.observers.append(self.ingest.observe)
+        self.gc.prune_observers.append(self.ingest.pruned)
         self.handlers: dict[type[Message], Handler] = dict(HANDLERS)
         """Client message class -> handler (`topgun.server.dispatch.HANDLERS`)."""
         self.topics = TopicRegistry(clock=self.clock, encode=self.codec.encode)
@@ -178,6 +185,8 @@ class Server:
         self._task_group: TaskGroup | None = None
         self._accepting = False
         self._shutting_down = False
+        self.stopping = anyio.Event()
+        """Set when shutdown begins: long-lived HTTP responses (SSE streams) end."""
         self._shutdown_done = anyio.Event()
         self._sessions_changed = anyio.Event()
         self._admitted: deque[int] = deque()
@@ -208,9 +217,11 @@ class Server:
             if self.journal is not None:
                 await self.journal.load(backend)
             self.expiry.load()
+            await self.ingest.load(backend)
             await self.resolvers.load(backend)
             writer = await stack.enter_async_context(StorageWriter(backend))
             self.storage_writer = self.maps.writer = writer
+            stack.push_async_callback(self.ingest.flush, writer.submit)  # before it closes
             await self.locks.load(backend, writer.submit)
             await self.counters.load(backend, writer.submit)
             self.metrics.watch_storage(
@@ -221,6 +232,7 @@ class Server:
             self._task_group.start_soon(self.locks.run)
             self._task_group.start_soon(self.expiry.run)
             self._task_group.start_soon(self.gc.run)
+            self._task_group.start_soon(self.ingest.run, writer.submit)
             await call_hook_async(self.pm.hook.on_startup, server=self)
         except BaseException:
             if self._task_group is not None:
@@ -259,6 +271,7 @@ class Server:
             await self._shutdown_done.wait()
             return
         self._shutting_down = True
+        self.stopping.set()
         self._accepting = False
         self.ready = False
         try:
