@@ -8,9 +8,10 @@ paths elsewhere. Also here: the handlers of the connection-level messages and of
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
+
+import anyio
 
 from topgun.protocol import (
     CLIENT_MESSAGE_TYPES,
@@ -153,7 +154,8 @@ async def op_batch(session: Session, message: OpBatch) -> None:
             )
         )
         _rejections(session, request, results)
-        server.metrics.op_latency.labels("OP_BATCH").observe(time.monotonic() - request.received_at)
+        elapsed = anyio.current_time() - request.received_at
+        server.metrics.op_latency.labels("OP_BATCH").observe(elapsed)
 
     await session.acknowledge(
         lambda: server.writes.settle(request, context), send, waits=request.waits
@@ -184,7 +186,7 @@ async def client_op(session: Session, message: ClientOpMessage) -> None:
         else:
             _rejections(session, request, results)
         server.metrics.op_latency.labels("CLIENT_OP").observe(
-            time.monotonic() - request.received_at
+            anyio.current_time() - request.received_at
         )
 
     await session.acknowledge(

@@ -88,6 +88,8 @@ class Server:
         self.clock: Callable[[], int] = clock if clock is not None else wall_clock_ms
         """Wall-clock epoch milliseconds: the HLC, token expiry and the timeouts read it."""
         self.node_id = config.node_id or f"node-{uuid.uuid4().hex[:12]}"
+        self.make_id: Callable[[], str] = lambda: str(uuid.uuid4())
+        """Ids of new connections (random; a simulation replaces it with a counter)."""
         self.hlc = HLC(
             self.node_id,
             self.clock,
@@ -178,7 +180,9 @@ class Server:
         self.shutdown_grace_seconds = SHUTDOWN_GRACE_SECONDS
         self.ready = False
         """True once every map is loaded and connections are accepted."""
-        self.sessions: set[Session] = set()
+        self.sessions: dict[Session, None] = {}
+        """Open sessions, in the order they connected (a dict: iteration order is
+        deterministic, which simulation needs)."""
         self.backend: StorageBackend | None = None
         self.storage_writer: StorageWriter | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -343,7 +347,7 @@ class Server:
             await _close_quietly(transport, 1013, "Server overloaded")
             return
         session = Session(self, transport)
-        self.sessions.add(session)
+        self.sessions[session] = None
         self.metrics.connections.inc()
         self.metrics.connections_accepted.inc()
         try:
@@ -369,7 +373,7 @@ class Server:
                 await self._disconnected(session)
 
     async def _disconnected(self, session: Session) -> None:
-        self.sessions.discard(session)
+        self.sessions.pop(session, None)
         self.subscriptions.drop(session)
         self.topics.drop(session)
         self.counters.drop(session)

@@ -20,7 +20,6 @@ knows nothing of WebSockets, SSE or Quart. It owns:
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -76,7 +75,7 @@ class Session:
     def __init__(self, server: Server, transport: Transport) -> None:
         self.server = server
         self.transport = transport
-        self.client_id = str(uuid.uuid4())
+        self.client_id = server.make_id()
         """Assigned at accept (PROTOCOL.md §1.1)."""
         self.principal: Principal | None = None
         self.accepted_ms = server.clock()

@@ -16,7 +16,6 @@ Every failure is per op: an op that fails does not stop the others (§5.2).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -108,7 +107,8 @@ class WriteRequest:
 
     ops: list[OpState]
     received_at: float
-    """`time.monotonic()` when the request arrived: timeouts count from here."""
+    """`anyio.current_time()` (the event loop's clock, virtual under simulation) when the
+    request arrived: timeouts count from here."""
     events: list[EventPayload] = field(default_factory=list)
     commit: Commit | None = None
     storage_error: BaseException | None = None
@@ -261,7 +261,7 @@ class WritePipeline:
         permission only when it removes a live record; otherwise PUT. `trusted` writes are
         the server's own (TTL expiry): not authorized, still intercepted.
         """
-        request = WriteRequest([], time.monotonic())
+        request = WriteRequest([], anyio.current_time())
         batch_concern = write_concern or DEFAULT_WRITE_CONCERN
         batch_timeout = DEFAULT_TIMEOUT_MS if timeout is None else timeout
         combined = Recording()
@@ -449,7 +449,7 @@ class WritePipeline:
             commit = self.maps.pending_commit(op.map_name, op.key)
         if commit is None:
             return None
-        remaining = request.received_at + state.timeout_ms / 1000 - time.monotonic()
+        remaining = request.received_at + state.timeout_ms / 1000 - anyio.current_time()
         with anyio.move_on_after(max(remaining, 0.0)):
             try:
                 await commit.wait()
