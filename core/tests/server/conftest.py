@@ -29,6 +29,7 @@ from topgun.server import (
     ServerConfig,
     StorageConfig,
 )
+from topgun.server.config import ProcessorConfig
 from topgun.storage import BackendConfig, MemoryBackend, MemoryStore, StorageBackend
 
 SECRET = "test-secret-" + "0123456789abcdef" * 4
@@ -221,6 +222,8 @@ def server_config(tmp_path: Path, **overrides: Any) -> ServerConfig:
     overrides.setdefault("storage", StorageConfig(backend="memory"))
     overrides.setdefault("auth", AuthConfig(jwt_secret=Secret(SECRET)))
     overrides.setdefault("node_id", "server-1")
+    # Processors run on threads: on a loaded machine the 100 ms default times them out.
+    overrides.setdefault("processors", ProcessorConfig(timeout_ms=5000))
     return ServerConfig(data_dir=tmp_path / "data", **overrides)
 
 

@@ -286,6 +286,9 @@ async def test_an_ordinary_write_during_a_run_makes_it_run_again(harness: Any) -
     client = await harness.login()
     writer = await harness.login()
     await client.send(process("k", "test:slow"))
+    with anyio.fail_after(5):
+        while not calls:  # the processor runs (and waits at the gate) before the write
+            await anyio.sleep(0.001)
     await writer.send(
         OpBatch(
             payload=OpBatchPayload(
