@@ -291,6 +291,18 @@ async def test_on_authenticated_may_reject(pm: TopgunPluginManager) -> None:
 
 
 @pytest.mark.anyio
+async def test_on_auth_failed_hears_the_reason(pm: TopgunPluginManager) -> None:
+    failures: list[tuple[str, str | None, str]] = []
+
+    async def on_auth_failed(connection: Conn, reason: str) -> None:
+        failures.append((connection.client_id, connection.remote_address, reason))
+
+    pm.register(plugin(on_auth_failed=on_auth_failed), name="ids")
+    await call_hook_async(pm.hook.on_auth_failed, connection=Conn(), reason="Token expired")
+    assert failures == [("client-1", "192.0.2.7:40000", "Token expired")]
+
+
+@pytest.mark.anyio
 async def test_before_op_transforms_drops_or_rejects(pm: TopgunPluginManager) -> None:
     def stamp(op: dict[str, Any], context: Ctx) -> dict[str, Any]:
         return {**op, "value": {**op["value"], "by": context.principal.user_id}}
@@ -411,6 +423,20 @@ def test_check_permission_collects_every_opinion(pm: TopgunPluginManager) -> Non
             pm.hook.check_permission, principal=reader, resource=resource, action=action
         )
         assert found == expected
+
+
+def test_on_permission_denied_hears_each_denial(pm: TopgunPluginManager) -> None:
+    denied: list[tuple[str | None, str, str]] = []
+
+    def on_permission_denied(principal: User, resource: str, action: str) -> None:
+        denied.append((principal.user_id, resource, action))
+
+    pm.register(plugin(on_permission_denied=on_permission_denied), name="audit")
+    result = call_hook_sync(
+        pm.hook.on_permission_denied, principal=User("eve"), resource="payroll", action="READ"
+    )
+    assert result == []
+    assert denied == [("eve", "payroll", "READ")]
 
 
 # --- storage -------------------------------------------------------------------------

@@ -99,6 +99,18 @@ def on_authenticated(connection: Connection, principal: Principal) -> Awaitable[
 
 
 @hookspec
+def on_auth_failed(connection: Connection, reason: str) -> Awaitable[None] | None:
+    """Called when a connection's authentication was refused, before `AUTH_FAIL` is sent:
+    a bad, expired or missing token, a verifier or `enrich_principal` rejection, or an
+    `on_authenticated` plugin refusing. `reason` is the `AUTH_FAIL` error;
+    `connection.principal` is `None`.
+
+    Use it for audit and intrusion detection. The return value is ignored; raising is
+    logged and does not change the outcome. May be async. Called with `call_hook_async`.
+    """
+
+
+@hookspec
 def before_op(op: Any, context: OpContext) -> Any | Awaitable[Any]:
     """Called for every client write (WebSocket or HTTP) after it was validated and
     authorized, before it is merged (PROTOCOL.md §6.1 step 4). `op` is the decoded
@@ -173,6 +185,17 @@ def check_permission(principal: Principal, resource: str, action: str) -> bool |
     Return `False` to deny, `True` to allow, `None` for no opinion. Any `False` denies;
     otherwise any `True` allows; with no opinion the configured role policies decide.
     Sync only (it sits on every read and write path). Called with `call_hook_sync`.
+    """
+
+
+@hookspec
+def on_permission_denied(principal: Principal, resource: str, action: str) -> None:
+    """Called when an authorization check refused a client request: `resource` and
+    `action` as in `check_permission`. Not called for the checks that only filter what a
+    principal is shown (field-level security, listings).
+
+    Use it for audit. The return value is ignored; raising is logged and does not change
+    the denial. Sync only (it sits on the request path). Called with `call_hook_sync`.
     """
 
 

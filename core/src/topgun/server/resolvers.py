@@ -393,7 +393,9 @@ class ConflictResolvers:
         names = [map_name] if map_name is not None else sorted(self.bindings)
         found: list[ResolverBinding] = []
         for name in names:
-            if name not in self.bindings or not self.security.is_allowed(principal, name, "READ"):
+            if name not in self.bindings or not self.security.is_allowed(
+                principal, name, "READ", announce=False
+            ):
                 continue
             found.extend(
                 ResolverBinding(
