@@ -1,0 +1,295 @@
+"""`AuditLog`: the writer of the hash-chained log, fed through a bounded queue.
+
+Producers (the hooks, on the server's event loop) hand entry bodies to `try_put`, `put`
+or `put_blocking`; one writer thread takes them in order, chains them (`seq`, `prev`,
+`hash`), appends them to the active file, rotates it by size, and after each batch flushes,
+fsyncs and rewrites the head file. The queue holds at most `queue_size` bodies: when it is
+full, `try_put` says so and the other two wait for room, so an entry is never dropped.
+
+A batch the disk refuses (full, read-only) stays queued and is retried, so the queue fills
+and the configured `on_full` policy applies; `failure` says why meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+import anyio
+
+from topgun_audit.chain import ACTIVE, GENESIS, HEAD, log_files, rotated_files, rotated_name, seal
+
+logger = logging.getLogger(__name__)
+
+BATCH: Final = 1000
+"""Entries the writer takes from the queue at most per flush."""
+
+RETRY_SECONDS: Final = 1.0
+"""How long the writer waits before retrying a batch the disk refused."""
+
+_TAIL_BYTES: Final = 1 << 20
+
+
+class AuditLogClosed(RuntimeError):
+    """An entry was handed to a log that is not open."""
+
+
+class AuditLog:
+    """The audit log in `directory` (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_file_bytes: int = 64 * 1024 * 1024,
+        queue_size: int = 10_000,
+        fsync: bool = True,
+    ) -> None:
+        self.directory = directory
+        self.max_file_bytes = max_file_bytes
+        self.queue_size = queue_size
+        self.fsync = fsync
+        self.written = 0
+        """Entries written since `open`."""
+        self.failure: BaseException | None = None
+        """The last error of the writer, until a batch succeeds again."""
+        self._queue: deque[dict[str, Any]] = deque()
+        self._taken = 0  # bodies of the queue the writer is writing now
+        self._changed = threading.Condition()
+        self._open = False
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._file: BinaryIO | None = None
+        self._size = 0
+        self._seq = 0
+        self._prev = GENESIS
+        self._recovered: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Find where the chain ends (repairing a torn last line) and start the writer."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._resume()
+        self._file = (self.directory / ACTIVE).open("ab")
+        self._size = self._file.tell()
+        self._write_head()
+        self._open = True
+        self._closing = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"topgun-audit {self.directory}", daemon=True
+        )
+        self._thread.start()
+        if self._recovered is not None:
+            self.put_blocking({"event": "audit.recovered", "detail": self._recovered})
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer and close the file."""
+        with self._changed:
+            if not self._open:
+                return
+            self._closing = True
+            self._changed.notify_all()
+        assert self._thread is not None
+        self._thread.join()
+        with self._changed:
+            self._open = False
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _resume(self) -> None:
+        files = log_files(self.directory)
+        for path in reversed(files):
+            last, cut = _last_line(path)
+            if cut:
+                self._recovered = f"cut an incomplete last line of {cut} byte(s) from {path.name}"
+            if last is None:
+                continue
+            self._seq, self._prev = int(last["seq"]), str(last["hash"])
+            break
+
+    # -- producers ---------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Entries waiting to be written (those being written included)."""
+        return len(self._queue)
+
+    def has_room(self) -> bool:
+        return len(self._queue) < self.queue_size
+
+    def try_put(self, body: dict[str, Any]) -> bool:
+        """Queue `body` if there is room; False (and nothing queued) when the queue is full."""
+        with self._changed:
+            self._check_open()
+            if len(self._queue) >= self.queue_size:
+                return False
+            self._queue.append(body)
+            self._changed.notify_all()
+            return True
+
+    def put_blocking(self, body: dict[str, Any]) -> None:
+        """Queue `body`, waiting in this thread for room."""
+        with self._changed:
+            self._check_open()
+            while len(self._queue) >= self.queue_size:
+                self._changed.wait()
+                self._check_open()
+            self._queue.append(body)
+            self._changed.notify_all()
+
+    async def put(self, body: dict[str, Any]) -> None:
+        """Queue `body`; when the queue is full, wait for room in a worker thread."""
+        if not self.try_put(body):
+            await anyio.to_thread.run_sync(self.put_blocking, body)
+
+    def wait_for_room(self) -> None:
+        """Return once the queue has room (blocks this thread)."""
+        with self._changed:
+            while self._open and len(self._queue) >= self.queue_size:
+                self._changed.wait()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued entry is written; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._queue, timeout)
+
+    def _check_open(self) -> None:
+        if not self._open or self._closing:
+            raise AuditLogClosed(f"the audit log {self.directory} is not open")
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queue and not self._closing:
+                    self._changed.wait()
+                if not self._queue:
+                    return
+                batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+            done = self._write_batch(batch)
+            with self._changed:
+                for _ in range(done):
+                    self._queue.popleft()
+                self._changed.notify_all()
+            if done < len(batch):
+                with self._changed:
+                    self._changed.wait(RETRY_SECONDS)
+
+    def _write_batch(self, batch: list[dict[str, Any]]) -> int:
+        """Write the bodies of `batch` in order; how many were written durably."""
+        done = 0
+        try:
+            for body in batch:
+                self._append(body)
+                done += 1
+            self._sync()
+            self._write_head()
+        except OSError as exc:
+            if self.failure is None:
+                logger.error("audit log %s: writing failed, will retry: %s", self.directory, exc)
+            self.failure = exc
+            return done
+        self.failure = None
+        self.written += done
+        return done
+
+    def _append(self, body: dict[str, Any]) -> None:
+        entry = seal(body, self._seq + 1, self._prev)
+        line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        data = line.encode() + b"\n"
+        if self._size and self._size + len(data) > self.max_file_bytes:
+            self._rotate()
+        assert self._file is not None
+        start = self._size
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError:
+            self._file.seek(start)
+            self._file.truncate()
+            raise
+        self._size += len(data)
+        self._seq, self._prev = entry["seq"], entry["hash"]
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        self._sync()
+        self._file.close()
+        existing = rotated_files(self.directory)
+        number = existing[-1][0] + 1 if existing else 1
+        os.replace(self.directory / ACTIVE, self.directory / rotated_name(number))
+        self._file = (self.directory / ACTIVE).open("ab")
+        self._size = 0
+        self._sync_directory()
+
+    def _sync(self) -> None:
+        assert self._file is not None
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def _write_head(self) -> None:
+        head = self.directory / HEAD
+        temporary = head.with_suffix(".tmp")
+        data = json.dumps({"seq": self._seq, "hash": self._prev}).encode()
+        with temporary.open("wb") as file:
+            file.write(data)
+            if self.fsync:
+                file.flush()
+                os.fsync(file.fileno())
+        os.replace(temporary, head)
+        self._sync_directory()
+
+    def _sync_directory(self) -> None:
+        if self.fsync and os.name == "posix":
+            descriptor = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+
+    def __repr__(self) -> str:
+        return f"<AuditLog {self.directory} seq={self._seq} queued={self.queued}>"
+
+
+def _last_line(path: Path) -> tuple[dict[str, Any] | None, int]:
+    """The last entry of `path` (`None` if it has none), after cutting off an incomplete
+    last line (a torn write); and how many bytes were cut."""
+    size = path.stat().st_size
+    cut_bytes = 0
+    if size == 0:
+        return None, 0
+    with path.open("r+b") as file:
+        start = max(0, size - _TAIL_BYTES)
+        file.seek(start)
+        tail = file.read()
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n")
+            keep = start + cut + 1 if cut >= 0 else start
+            cut_bytes = size - keep
+            logger.warning(
+                "audit log %s: cutting an incomplete last line of %d byte(s)", path, cut_bytes
+            )
+            file.truncate(keep)
+            tail = tail[: cut + 1] if cut >= 0 else b""
+        lines = tail.splitlines()
+    if not lines:
+        return None, cut_bytes
+    try:
+        entry = json.loads(lines[-1])
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or "seq" not in entry or "hash" not in entry:
+        raise ValueError(
+            f"{path}: the last line is not an audit entry, so the chain cannot be continued; "
+            "`topgun audit verify` says where the log was damaged"
+        )
+    return entry, cut_bytes
