@@ -96,7 +96,7 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.file.name} line {self.line}: {self.reason}"
+        return f"{self.file} line {self.line}: {self.reason}"
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def verify_command(directory: Path | None, config_file: Path | None) -> None:
         raise click.ClickException(f"no audit log at {where}")
     result = verify(where)
     if result.problem is not None:
-        click.echo(f"TAMPERED: {where / result.problem.file.name} {result.problem}", err=True)
+        click.echo(f"TAMPERED: {result.problem}", err=True)
         click.echo(f"{result.entries} entries were intact before it.", err=True)
         raise SystemExit(1)
     click.echo(

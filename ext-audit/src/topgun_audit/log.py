@@ -58,8 +58,9 @@ class AuditLog:
         """Entries written since `open`."""
         self.failure: BaseException | None = None
         """The last error of the writer, until a batch succeeds again."""
+        self.waiting = 0
+        """Producers waiting for room in the full queue right now."""
         self._queue: deque[dict[str, Any]] = deque()
-        self._taken = 0  # bodies of the queue the writer is writing now
         self._changed = threading.Condition()
         self._open = False
         self._closing = False
@@ -138,9 +139,13 @@ class AuditLog:
         """Queue `body`, waiting in this thread for room."""
         with self._changed:
             self._check_open()
-            while len(self._queue) >= self.queue_size:
-                self._changed.wait()
-                self._check_open()
+            self.waiting += 1
+            try:
+                while len(self._queue) >= self.queue_size:
+                    self._changed.wait()
+                    self._check_open()
+            finally:
+                self.waiting -= 1
             self._queue.append(body)
             self._changed.notify_all()
 
@@ -152,8 +157,12 @@ class AuditLog:
     def wait_for_room(self) -> None:
         """Return once the queue has room (blocks this thread)."""
         with self._changed:
-            while self._open and len(self._queue) >= self.queue_size:
-                self._changed.wait()
+            self.waiting += 1
+            try:
+                while self._open and len(self._queue) >= self.queue_size:
+                    self._changed.wait()
+            finally:
+                self.waiting -= 1
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every queued entry is written; False on timeout."""
