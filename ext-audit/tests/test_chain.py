@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from topgun_audit import GENESIS, verify
-from topgun_audit.chain import ACTIVE, HEAD, entry_hash, log_files, seal
+from topgun_audit.chain import ACTIVE, HEAD, canonical, entry_hash, log_files, seal
 
 from .conftest import entry, lines_of
 
@@ -24,12 +24,22 @@ def test_an_untouched_log_verifies(written: Callable[..., Path]) -> None:
 
 
 def test_each_entry_chains_to_the_one_before() -> None:
-    first = seal({"event": "x"}, 1, GENESIS)
-    second = seal({"event": "y"}, 2, first["hash"])
-    assert first["prev"] == GENESIS
+    line, digest = seal({"event": "x", "name": "é"}, 1, GENESIS)
+    first = entry(line)
+    assert line.endswith(b"\n")
+    assert (first["prev"], first["hash"], first["seq"]) == (GENESIS, digest, 1)
+    second = entry(seal({"event": "y"}, 2, digest)[0])
     assert second["prev"] == first["hash"]
     assert entry_hash(second) == second["hash"]
     assert entry_hash({**second, "event": "z"}) != second["hash"]
+
+
+def test_the_hash_covers_the_canonical_json_python_would_write() -> None:
+    body = {"b": 1, "a": "é ✓", "c": None, "d": [1, "x"], "e": True}
+    assert (
+        canonical(body)
+        == json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
 
 
 def test_an_empty_directory_is_an_empty_valid_log(tmp_path: Path) -> None:
@@ -102,8 +112,8 @@ def test_a_forged_entry_chained_in_is_caught_at_the_next_line(
     path = directory / ACTIVE
     lines = lines_of(path)
     before = entry(lines[4])
-    forged = seal({"event": "write", "key": "planted"}, before["seq"] + 1, before["hash"])
-    lines.insert(5, json.dumps(forged).encode() + b"\n")
+    forged, _ = seal({"event": "write", "key": "planted"}, before["seq"] + 1, before["hash"])
+    lines.insert(5, forged)
     _rewrite(path, lines)
     problem = verify(directory).problem
     assert problem is not None

@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-
 from topgun_audit.commands import audit, matching, since_time
 
 NOW = datetime.datetime(2026, 11, 26, 6, 0, tzinfo=datetime.UTC)

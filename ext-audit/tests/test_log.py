@@ -127,11 +127,13 @@ def test_a_refused_batch_is_retried_not_dropped(
     class FlakyLog(AuditLog):
         failures = 2
 
-        def _append(self, body: dict[str, Any]) -> None:
+        def _commit(self, chunk: list[bytes], *args: Any) -> None:
             if self.failures:
                 self.failures -= 1
+                assert self._file is not None
+                self._file.write(chunk[0][:10])  # a partial write, then the failure
                 raise OSError(28, "No space left on device")
-            super()._append(body)
+            super()._commit(chunk, *args)
 
     log = FlakyLog(tmp_path, fsync=False)
     log.open()
@@ -152,3 +154,20 @@ def test_a_closed_log_refuses_entries(tmp_path: Path) -> None:
     with pytest.raises(AuditLogClosed, match="is not open"):
         log.put_blocking({"event": "late"})
     assert list(entries(tmp_path)) == []
+
+
+def test_a_dead_disk_cannot_hang_close_and_the_loss_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(log_module, "RETRY_SECONDS", 0.01)
+
+    class DeadLog(AuditLog):
+        def _commit(self, chunk: list[bytes], *args: Any) -> None:
+            raise OSError(5, "Input/output error")
+
+    log = DeadLog(tmp_path, fsync=False)
+    log.open()
+    log.put_blocking({"event": "lost"})
+    log.close()
+    assert "closing with 1 entries that could not be written" in caplog.text
+    assert isinstance(log.failure, OSError)

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
+
+_encode = msgspec.json.Encoder(order="sorted").encode
+_decode = msgspec.json.decode
+
 GENESIS: Final = "0" * 64
 """The `prev` of the first entry."""
 
@@ -29,8 +34,10 @@ _ROTATED: Final = re.compile(r"^audit\.(\d{6,})\.jsonl$")
 
 
 def canonical(entry: dict[str, Any]) -> bytes:
-    """The bytes an entry's hash covers: sorted keys, no spaces, UTF-8."""
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes an entry's hash covers: compact JSON, keys sorted, UTF-8 unescaped (the
+    same bytes as Python's `json.dumps(entry, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)` for the strings, integers, booleans, nulls and lists entries hold)."""
+    return _encode(entry)
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
@@ -39,11 +46,12 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(body)).hexdigest()
 
 
-def seal(body: dict[str, Any], seq: int, prev: str) -> dict[str, Any]:
-    """`body` as entry number `seq` chained to `prev`, with its hash."""
-    entry = {**body, "seq": seq, "prev": prev}
-    entry["hash"] = entry_hash(entry)
-    return entry
+def seal(body: dict[str, Any], seq: int, prev: str) -> tuple[bytes, str]:
+    """`body` as entry number `seq` chained to `prev`: its line (with `hash` last, newline
+    included) and its hash. JSON is encoded once per entry: this runs for every entry."""
+    data = canonical({**body, "seq": seq, "prev": prev})
+    digest = hashlib.sha256(data).hexdigest()
+    return data[:-1] + b',"hash":"' + digest.encode() + b'"}\n', digest
 
 
 def rotated_name(number: int) -> str:
@@ -120,8 +128,8 @@ def _check_line(raw: bytes, prev: str, seq: int) -> tuple[dict[str, Any] | None,
     if not raw.endswith(b"\n"):
         return None, "incomplete line (a torn write, or the file was cut)"
     try:
-        entry = json.loads(raw)
-    except ValueError as exc:
+        entry = _decode(raw)
+    except msgspec.DecodeError as exc:
         return None, f"not valid JSON ({exc}): the entry was modified"
     if not isinstance(entry, dict) or not all(
         isinstance(entry.get(name), kind)
@@ -187,8 +195,8 @@ def entries(directory: Path) -> Iterator[dict[str, Any]]:
         with path.open("rb") as file:
             for raw in file:
                 try:
-                    entry = json.loads(raw)
-                except ValueError:
+                    entry = _decode(raw)
+                except msgspec.DecodeError:
                     continue
                 if isinstance(entry, dict):
                     yield entry

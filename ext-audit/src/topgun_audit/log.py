@@ -12,13 +12,15 @@ and the configured `on_full` policy applies; `failure` says why meanwhile.
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import logging
 import os
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, Final
 
 import anyio
 
@@ -31,6 +33,10 @@ BATCH: Final = 1000
 
 RETRY_SECONDS: Final = 1.0
 """How long the writer waits before retrying a batch the disk refused."""
+
+CLOSING_RETRIES: Final = 5
+"""Retries of a refused batch once `close` was called, before the writer gives up (and
+logs how many entries it could not write) so that a dead disk cannot hang a shutdown."""
 
 _TAIL_BYTES: Final = 1 << 20
 
@@ -65,7 +71,7 @@ class AuditLog:
         self._open = False
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._file: BinaryIO | None = None
+        self._file: io.FileIO | None = None
         self._size = 0
         self._seq = 0
         self._prev = GENESIS
@@ -77,7 +83,7 @@ class AuditLog:
         """Find where the chain ends (repairing a torn last line) and start the writer."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._resume()
-        self._file = (self.directory / ACTIVE).open("ab")
+        self._file = (self.directory / ACTIVE).open("ab", buffering=0)
         self._size = self._file.tell()
         self._write_head()
         self._open = True
@@ -131,8 +137,7 @@ class AuditLog:
             self._check_open()
             if len(self._queue) >= self.queue_size:
                 return False
-            self._queue.append(body)
-            self._changed.notify_all()
+            self._append(body)
             return True
 
     def put_blocking(self, body: dict[str, Any]) -> None:
@@ -146,8 +151,7 @@ class AuditLog:
                     self._check_open()
             finally:
                 self.waiting -= 1
-            self._queue.append(body)
-            self._changed.notify_all()
+            self._append(body)
 
     async def put(self, body: dict[str, Any]) -> None:
         """Queue `body`; when the queue is full, wait for room in a worker thread."""
@@ -169,6 +173,12 @@ class AuditLog:
         with self._changed:
             return self._changed.wait_for(lambda: not self._queue, timeout)
 
+    def _append(self, body: dict[str, Any]) -> None:
+        """Queue `body` (the lock held); wake the writer if it waits for an empty queue."""
+        self._queue.append(body)
+        if len(self._queue) == 1:
+            self._changed.notify_all()
+
     def _check_open(self) -> None:
         if not self._open or self._closing:
             raise AuditLogClosed(f"the audit log {self.directory} is not open")
@@ -176,72 +186,94 @@ class AuditLog:
     # -- the writer thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        retries_left = CLOSING_RETRIES
         while True:
             with self._changed:
                 while not self._queue and not self._closing:
                     self._changed.wait()
                 if not self._queue:
                     return
-                batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+                batch = list(itertools.islice(self._queue, BATCH))
             done = self._write_batch(batch)
             with self._changed:
                 for _ in range(done):
                     self._queue.popleft()
                 self._changed.notify_all()
-            if done < len(batch):
-                with self._changed:
-                    self._changed.wait(RETRY_SECONDS)
+                if done == len(batch):
+                    continue
+                if self._closing:
+                    retries_left -= 1
+                    if retries_left < 0:
+                        logger.error(
+                            "audit log %s: closing with %d entries that could not be written: %s",
+                            self.directory,
+                            len(self._queue),
+                            self.failure,
+                        )
+                        return
+                self._changed.wait(RETRY_SECONDS)
 
     def _write_batch(self, batch: list[dict[str, Any]]) -> int:
-        """Write the bodies of `batch` in order; how many were written durably."""
-        done = 0
+        """Write the bodies of `batch` in order, in one write per file; how many are now
+        durably in the log. After a failure the active file is cut back to its last
+        durable size, so a retry writes the rest exactly once."""
+        committed = 0
+        chunk: list[bytes] = []
+        seq, prev, size = self._seq, self._prev, self._size
         try:
             for body in batch:
-                self._append(body)
-                done += 1
-            self._sync()
+                data, digest = seal(body, seq + 1, prev)
+                if size and size + len(data) > self.max_file_bytes:
+                    self._commit(chunk, seq, prev, size)
+                    committed += len(chunk)
+                    chunk = []
+                    self._rotate()
+                    size = 0
+                chunk.append(data)
+                seq, prev, size = seq + 1, digest, size + len(data)
+            self._commit(chunk, seq, prev, size)
+            committed += len(chunk)
             self._write_head()
         except OSError as exc:
+            self._roll_back()
             if self.failure is None:
                 logger.error("audit log %s: writing failed, will retry: %s", self.directory, exc)
             self.failure = exc
-            return done
+            self.written += committed
+            return committed
         self.failure = None
-        self.written += done
-        return done
+        self.written += committed
+        return committed
 
-    def _append(self, body: dict[str, Any]) -> None:
-        entry = seal(body, self._seq + 1, self._prev)
-        line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        data = line.encode() + b"\n"
-        if self._size and self._size + len(data) > self.max_file_bytes:
-            self._rotate()
+    def _commit(self, chunk: list[bytes], seq: int, prev: str, size: int) -> None:
+        """Append `chunk` to the active file durably; the chain then ends at `seq`/`prev`."""
         assert self._file is not None
-        start = self._size
+        data = memoryview(b"".join(chunk))
+        while data:
+            data = data[self._file.write(data) :]
+        self._sync()
+        self._seq, self._prev, self._size = seq, prev, size
+
+    def _roll_back(self) -> None:
+        """Cut the active file back to its last durable size (best effort)."""
         try:
-            self._file.write(data)
-            self._file.flush()
-        except OSError:
-            self._file.seek(start)
-            self._file.truncate()
-            raise
-        self._size += len(data)
-        self._seq, self._prev = entry["seq"], entry["hash"]
+            if self._file is not None:
+                os.ftruncate(self._file.fileno(), self._size)
+        except OSError as exc:
+            logger.error("audit log %s: cannot cut back a failed write: %s", self.directory, exc)
 
     def _rotate(self) -> None:
         assert self._file is not None
-        self._sync()
         self._file.close()
         existing = rotated_files(self.directory)
         number = existing[-1][0] + 1 if existing else 1
         os.replace(self.directory / ACTIVE, self.directory / rotated_name(number))
-        self._file = (self.directory / ACTIVE).open("ab")
+        self._file = (self.directory / ACTIVE).open("ab", buffering=0)
         self._size = 0
         self._sync_directory()
 
     def _sync(self) -> None:
         assert self._file is not None
-        self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
 
