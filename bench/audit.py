@@ -9,6 +9,10 @@ as soon as the previous `OP_ACK` arrived, for D seconds): without the audit plug
 (`fsync = true`, the default), and with it without fsync. With the plugin, every op is one
 `write` entry; after the server stopped, the log is verified and its entries counted, so the
 table also shows that nothing was dropped. `--small` is a quick run (5 connections, 1 s).
+
+Before that, in this process: what recording costs the op path per write (building the
+entry and queueing it, as the recorder's `after_op` does), and how many entries per second
+the writer thread chains, encodes and writes (fsync per batch, and without).
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import anyio
 from load import SECRET, ServerProcess, check_ack, closed_loop, open_connections, percentile
+from topgun_audit import AuditLog, entries, events, verify
 
-from topgun_audit import entries, verify
+from topgun.crdt.records import LWWRecord, Timestamp
+from topgun.protocol import ClientOp, OpResult
 
 CASES = {
     "no audit": {"TOPGUN_LOAD_PLUGINS": ""},
@@ -84,6 +91,36 @@ async def measure(case: str, args: argparse.Namespace, data_dir: Path) -> Figure
     )
 
 
+def in_process(count: int) -> None:
+    """The op-path cost of one entry and the writer's throughput, without a server."""
+    op = ClientOp(
+        map_name="load",
+        key="load-1-123",
+        id="123",
+        record=LWWRecord({"title": "load test", "n": 1}, Timestamp(1_700_000_000_000, 5, "load-1")),
+    )
+    principal = SimpleNamespace(user_id="load", roles=("ADMIN",), claims={})
+    connection = SimpleNamespace(client_id="c-1", remote_address="127.0.0.1:1", principal=principal)
+    context = SimpleNamespace(principal=principal, connection=connection)
+    result = OpResult(op_id="123", success=True, achieved_level="MEMORY")
+    for fsync in (True, False):
+        with tempfile.TemporaryDirectory(prefix="topgun-audit-bench-") as folder:
+            log = AuditLog(Path(folder), queue_size=count, fsync=fsync)
+            log.open()
+            started = time.perf_counter()
+            for _ in range(count):
+                log.try_put(events.write(op, context, result))  # type: ignore[arg-type]
+            queued = time.perf_counter() - started
+            assert log.flush(600)
+            total = time.perf_counter() - started
+            log.close()
+            assert verify(Path(folder)).entries == count
+        if fsync:
+            print(f"op path: build + queue one write entry  {queued / count * 1e6:6.1f} µs")
+        label = "fsync per batch" if fsync else "no fsync"
+        print(f"writer, {label:<16} {count / total:>10,.0f} entries/s ({count:,} entries)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--connections", type=int, default=50)
@@ -94,10 +131,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.small:
         args.connections, args.duration = 5, 1.0
+    in_process(20_000 if args.small else 200_000)
 
     async def run_all() -> list[Figures]:
         with tempfile.TemporaryDirectory(prefix="topgun-audit-bench-") as folder:
-            return [await measure(case, args, Path(folder) / str(i)) for i, case in enumerate(CASES)]
+            return [
+                await measure(case, args, Path(folder) / str(i)) for i, case in enumerate(CASES)
+            ]
 
     results = anyio.run(run_all)
     print(
