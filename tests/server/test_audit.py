@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from click.testing import CliRunner
 from topgun_audit import AuditConfig, AuditLog, entries, verify
@@ -125,7 +126,8 @@ async def test_disabled_by_config_it_records_nothing(start_server: Any, tmp_path
 
 
 async def record_a_session(start_server: Any, wire: Any, directory: Path) -> None:
-    """Auth failure, two logins, an applied write, a denied write, a denied read."""
+    """Auth failures (WebSocket and HTTP), two logins, an applied write, denied writes
+    (WebSocket and HTTP), a denied read."""
     policies = (Policy("USER", "todos", ("READ", "PUT")),)
     async with start_server(
         pm=audit_pm(), policies=policies, sections=audit_section(directory)
@@ -147,6 +149,22 @@ async def record_a_session(start_server: Any, wire: Any, directory: Path) -> Non
         await bob.aclose()
         await admin.aclose()
         await intruder.aclose()
+        async with httpx.AsyncClient(timeout=DEADLINE) as http:
+            anonymous = await http.post(live.http_url + "/sync", content=b"{}")
+            assert anonymous.status_code == 401
+            op = {
+                "mapName": "secrets",
+                "key": "s2",
+                "record": {
+                    "value": "leak",
+                    "timestamp": {"millis": 1, "counter": 0, "nodeId": "h"},
+                },
+            }
+            clock = {"millis": int(time.time() * 1000), "counter": 0, "nodeId": "h"}
+            body = {"clientId": "http-bob", "clientHlc": clock, "operations": [op]}
+            headers = {"Authorization": f"Bearer {wire.mint(sub='bob', roles=['USER'])}"}
+            answer = await http.post(live.http_url + "/sync", json=body, headers=headers)
+            assert answer.json()["ack"]["results"][0]["error"] == "Access denied", answer.text
 
 
 async def test_a_real_server_records_every_kind_of_event(
@@ -161,9 +179,14 @@ async def test_a_real_server_records_every_kind_of_event(
     assert events[-1] == "audit.stopped"
     assert found[0]["node"] == "test-server"
 
-    (failure,) = [e for e in found if e["event"] == "auth.failure"]
-    assert failure["principal"] is None
-    assert "signature" in failure["reason"].lower()
+    ws_failure, http_failure = [e for e in found if e["event"] == "auth.failure"]
+    assert ws_failure["principal"] is None
+    assert ws_failure["address"].startswith("127.0.0.1:")
+    assert "signature" in ws_failure["reason"].lower()
+    assert (http_failure["client"], http_failure["reason"]) == (
+        None,
+        "Missing Authorization header",
+    )
     logins = {e["principal"]: e for e in found if e["event"] == "auth.success"}
     assert set(logins) == {"alice", "bob"}
     assert logins["alice"]["admin"] is True
@@ -185,8 +208,14 @@ async def test_a_real_server_records_every_kind_of_event(
         "rejected",
     )
     assert rejected["reason"] == "Access denied"
-    denied = {(e["resource"], e["action"]) for e in found if e["event"] == "permission.denied"}
-    assert denied == {("secrets", "PUT"), ("secrets", "READ")}
+    http_write = writes["s2"]
+    assert (http_write["principal"], http_write["client"], http_write["outcome"]) == (
+        "bob",
+        None,
+        "rejected",
+    )
+    denied = [(e["resource"], e["action"]) for e in found if e["event"] == "permission.denied"]
+    assert sorted(denied) == [("secrets", "PUT"), ("secrets", "PUT"), ("secrets", "READ")]
     assert all(e["principal"] == "bob" for e in found if e["event"] == "permission.denied")
     disconnects = [e for e in found if e["event"] == "disconnect"]
     assert len(disconnects) == 3
@@ -257,7 +286,7 @@ async def test_tail_and_query_read_the_real_log(real_log: Path) -> None:
     )
     assert query.exit_code == 0, query.output
     lines = query.output.splitlines()
-    assert len(lines) == 3  # the rejected write and the two denials
+    assert len(lines) == 5  # the rejected writes (WebSocket, HTTP) and the three denials
     assert all("principal=bob" in line and "secrets" in line for line in lines)
     since = runner.invoke(cli, ["audit", "query", "--dir", str(real_log), "--since", "1h"])
     assert len(since.output.splitlines()) == len(list(entries(real_log)))

@@ -99,11 +99,12 @@ def on_authenticated(connection: Connection, principal: Principal) -> Awaitable[
 
 
 @hookspec
-def on_auth_failed(connection: Connection, reason: str) -> Awaitable[None] | None:
-    """Called when a connection's authentication was refused, before `AUTH_FAIL` is sent:
-    a bad, expired or missing token, a verifier or `enrich_principal` rejection, or an
-    `on_authenticated` plugin refusing. `reason` is the `AUTH_FAIL` error;
-    `connection.principal` is `None`.
+def on_auth_failed(connection: Connection | None, reason: str) -> Awaitable[None] | None:
+    """Called when an authentication was refused, before the client hears it: a bad,
+    expired or missing token, a verifier or `enrich_principal` rejection, or an
+    `on_authenticated` plugin refusing. `reason` is the error the client gets (`AUTH_FAIL`,
+    or the HTTP 401 body); `connection` is the WebSocket connection (its `principal` is
+    `None`), or `None` for an HTTP request (`POST /sync`, `GET /events`).
 
     Use it for audit and intrusion detection. The return value is ignored; raising is
     logged and does not change the outcome. May be async. Called with `call_hook_async`.
