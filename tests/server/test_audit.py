@@ -38,6 +38,9 @@ from topgun.protocol import (
     Query,
     QuerySub,
     QuerySubPayload,
+    RegisterResolver,
+    RegisterResolverResponse,
+    ResolverSpec,
 )
 from topgun.server import Policy
 from topgun.server.config import ConfigError, config_sections, load_config
@@ -126,8 +129,8 @@ async def test_disabled_by_config_it_records_nothing(start_server: Any, tmp_path
 
 
 async def record_a_session(start_server: Any, wire: Any, directory: Path) -> None:
-    """Auth failures (WebSocket and HTTP), two logins, an applied write, denied writes
-    (WebSocket and HTTP), a denied read."""
+    """Auth failures (WebSocket and HTTP), two logins, an applied write, an admin action,
+    denied writes (WebSocket and HTTP), a denied read."""
     policies = (Policy("USER", "todos", ("READ", "PUT")),)
     async with start_server(
         pm=audit_pm(), policies=policies, sections=audit_section(directory)
@@ -139,6 +142,9 @@ async def record_a_session(start_server: Any, wire: Any, directory: Path) -> Non
         admin = await live.client()
         await admin.send(put("t1", {"title": "audit me"}))
         assert (await admin.expect_past_updates(OpAck)).payload.results[0].success
+        spec = ResolverSpec(name="builtin:immutable", code="")
+        await admin.send(RegisterResolver(request_id="r", map_name="todos", resolver=spec))
+        assert (await admin.expect_past_updates(RegisterResolverResponse)).success
         bob = await live.client(wire.mint(sub="bob", roles=["USER"]))
         await bob.send(put("s1", "leak", map_name="secrets"))
         ack = await bob.expect_past_updates(OpAck)
@@ -217,6 +223,16 @@ async def test_a_real_server_records_every_kind_of_event(
     denied = [(e["resource"], e["action"]) for e in found if e["event"] == "permission.denied"]
     assert sorted(denied) == [("secrets", "PUT"), ("secrets", "PUT"), ("secrets", "READ")]
     assert all(e["principal"] == "bob" for e in found if e["event"] == "permission.denied")
+    (admin_action,) = [e for e in found if e["event"] == "admin"]
+    assert (admin_action["principal"], admin_action["admin"], admin_action["action"]) == (
+        "alice",
+        True,
+        "REGISTER_RESOLVER",
+    )
+    assert (admin_action["target"], admin_action["outcome"]) == (
+        "todos/builtin:immutable",
+        "applied",
+    )
     disconnects = [e for e in found if e["event"] == "disconnect"]
     assert len(disconnects) == 3
     assert {e["code"] for e in disconnects} >= {4001}

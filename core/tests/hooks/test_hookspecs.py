@@ -352,6 +352,25 @@ async def test_on_disconnect(pm: TopgunPluginManager) -> None:
     assert closed == [("client-1", 4002, "timeout")]
 
 
+@pytest.mark.anyio
+async def test_on_admin_action_hears_action_target_and_outcome(pm: TopgunPluginManager) -> None:
+    heard: list[tuple[str | None, str, str, str | None]] = []
+
+    def on_admin_action(principal: User, action: str, target: str, error: str | None) -> None:
+        heard.append((principal.user_id, action, target, error))
+
+    pm.register(plugin(on_admin_action=on_admin_action), name="audit")
+    await call_hook_async(
+        pm.hook.on_admin_action,
+        connection=Conn(),
+        principal=User("root"),
+        action="REGISTER_RESOLVER",
+        target="orders/builtin:immutable",
+        error=None,
+    )
+    assert heard == [("root", "REGISTER_RESOLVER", "orders/builtin:immutable", None)]
+
+
 # --- auth ----------------------------------------------------------------------------
 
 

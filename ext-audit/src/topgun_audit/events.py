@@ -53,7 +53,7 @@ def auth_success(connection: Connection, principal: Principal) -> dict[str, Any]
     return {"event": "auth.success", "time": now(), **_who(principal), **_where(connection)}
 
 
-def auth_failure(connection: Connection, reason: str) -> dict[str, Any]:
+def auth_failure(connection: Connection | None, reason: str) -> dict[str, Any]:
     return {
         "event": "auth.failure",
         "time": now(),
@@ -70,6 +70,22 @@ def permission_denied(principal: Principal, resource: str, action: str) -> dict[
         **_who(principal),
         "resource": resource,
         "action": action,
+    }
+
+
+def admin_action(
+    connection: Connection | None, principal: Principal, action: str, target: str, error: str | None
+) -> dict[str, Any]:
+    """A request that changed (or tried to change) how the server behaves."""
+    return {
+        "event": "admin",
+        "time": now(),
+        **_who(principal),
+        **_where(connection),
+        "action": action,
+        "target": target,
+        "outcome": "applied" if error is None else "rejected",
+        "reason": error,
     }
 
 

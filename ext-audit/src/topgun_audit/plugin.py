@@ -52,7 +52,7 @@ class Recorder:
         await self.log.put(events.auth_success(connection, principal))
 
     @hookimpl
-    async def on_auth_failed(self, connection: Connection, reason: str) -> None:
+    async def on_auth_failed(self, connection: Connection | None, reason: str) -> None:
         await self.log.put(events.auth_failure(connection, reason))
 
     @hookimpl(trylast=True)
@@ -66,6 +66,17 @@ class Recorder:
     @hookimpl
     def on_permission_denied(self, principal: Principal, resource: str, action: str) -> None:
         self.log.put_blocking(events.permission_denied(principal, resource, action))
+
+    @hookimpl
+    async def on_admin_action(
+        self,
+        connection: Connection | None,
+        principal: Principal,
+        action: str,
+        target: str,
+        error: str | None,
+    ) -> None:
+        await self.log.put(events.admin_action(connection, principal, action, target, error))
 
     @hookimpl
     async def on_disconnect(self, connection: Connection, code: int, reason: str) -> None:

@@ -145,6 +145,20 @@ def on_disconnect(connection: Connection, code: int, reason: str) -> Awaitable[N
     """
 
 
+@hookspec
+def on_admin_action(
+    connection: Connection | None, principal: Principal, action: str, target: str, error: str | None
+) -> Awaitable[None] | None:
+    """Called after a client request that changes how the server behaves rather than a
+    map's data, whether it took effect or not: `action` is the request's message type
+    (`REGISTER_RESOLVER`, `UNREGISTER_RESOLVER`), `target` what it acted on
+    (`<map>/<resolver>`), `error` why it was refused (`None`: it took effect).
+
+    Use it for audit. The return value is ignored; raising is logged and does not change
+    the outcome. May be async. Called with `call_hook_async`.
+    """
+
+
 # --- auth ----------------------------------------------------------------------------
 
 
