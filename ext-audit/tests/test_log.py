@@ -171,3 +171,16 @@ def test_a_dead_disk_cannot_hang_close_and_the_loss_is_logged(
     log.close()
     assert "closing with 1 entries that could not be written" in caplog.text
     assert isinstance(log.failure, OSError)
+
+
+def test_entries_cut_while_closed_are_recorded_at_the_next_open(tmp_path: Path) -> None:
+    write_log(tmp_path, 5)
+    active = tmp_path / ACTIVE
+    active.write_bytes(b"".join(lines_of(active)[:3]))
+    assert not verify(tmp_path).ok  # before the server starts again, verify sees the cut
+    write_log(tmp_path, 1, first=5)
+    found = list(entries(tmp_path))
+    assert [e["event"] for e in found] == ["write"] * 3 + ["audit.head_mismatch", "write"]
+    assert "the head recorded entry 5" in found[3]["detail"]
+    assert "log ends at entry 3" in found[3]["detail"]
+    assert verify(tmp_path).ok  # the chain goes on, and it holds the evidence

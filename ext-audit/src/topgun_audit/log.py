@@ -24,7 +24,16 @@ from typing import Any, Final
 
 import anyio
 
-from topgun_audit.chain import ACTIVE, GENESIS, HEAD, log_files, rotated_files, rotated_name, seal
+from topgun_audit.chain import (
+    ACTIVE,
+    GENESIS,
+    HEAD,
+    log_files,
+    read_head,
+    rotated_files,
+    rotated_name,
+    seal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +92,9 @@ class AuditLog:
         """Find where the chain ends (repairing a torn last line) and start the writer."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._resume()
+        mismatch = self._head_mismatch()
         self._file = (self.directory / ACTIVE).open("ab", buffering=0)
-        self._size = self._file.tell()
+        self._size = os.fstat(self._file.fileno()).st_size
         self._write_head()
         self._open = True
         self._closing = False
@@ -94,6 +104,9 @@ class AuditLog:
         self._thread.start()
         if self._recovered is not None:
             self.put_blocking({"event": "audit.recovered", "detail": self._recovered})
+        if mismatch is not None:
+            logger.warning("audit log %s: %s", self.directory, mismatch)
+            self.put_blocking({"event": "audit.head_mismatch", "detail": mismatch})
 
     def close(self) -> None:
         """Write what is queued, then stop the writer and close the file."""
@@ -120,6 +133,28 @@ class AuditLog:
                 continue
             self._seq, self._prev = int(last["seq"]), str(last["hash"])
             break
+
+    def _head_mismatch(self) -> str | None:
+        """Why the head file disagrees with where the chain ends (`None`: it agrees, or it
+        is merely behind, as after a crash). Rewriting the head at open must not erase the
+        evidence of entries cut from the end while the server was down: the disagreement
+        becomes an entry of the chain."""
+        try:
+            head = read_head(self.directory)
+        except ValueError as exc:
+            return str(exc)
+        if head is None:
+            return (
+                None
+                if self._seq == 0
+                else f"the head file was missing; the log ends at {self._seq}"
+            )
+        if head["seq"] > self._seq or (head["seq"] == self._seq and head["hash"] != self._prev):
+            return (
+                f"the head recorded entry {head['seq']} ({head['hash']}) but the log ends at "
+                f"entry {self._seq} ({self._prev}): entries were removed or changed while closed"
+            )
+        return None
 
     # -- producers ---------------------------------------------------------------------------
 
