@@ -164,6 +164,7 @@ class AuditLog:
         return len(self._queue)
 
     def has_room(self) -> bool:
+        """Whether a `try_put` now would succeed (a hint: other producers may come first)."""
         return len(self._queue) < self.queue_size
 
     def try_put(self, body: dict[str, Any]) -> bool:
@@ -172,7 +173,7 @@ class AuditLog:
             self._check_open()
             if len(self._queue) >= self.queue_size:
                 return False
-            self._append(body)
+            self._enqueue(body)
             return True
 
     def put_blocking(self, body: dict[str, Any]) -> None:
@@ -186,7 +187,7 @@ class AuditLog:
                     self._check_open()
             finally:
                 self.waiting -= 1
-            self._append(body)
+            self._enqueue(body)
 
     async def put(self, body: dict[str, Any]) -> None:
         """Queue `body`; when the queue is full, wait for room in a worker thread."""
@@ -208,7 +209,7 @@ class AuditLog:
         with self._changed:
             return self._changed.wait_for(lambda: not self._queue, timeout)
 
-    def _append(self, body: dict[str, Any]) -> None:
+    def _enqueue(self, body: dict[str, Any]) -> None:
         """Queue `body` (the lock held); wake the writer if it waits for an empty queue."""
         self._queue.append(body)
         if len(self._queue) == 1:

@@ -3,9 +3,9 @@
 This module claims the `[audit]` configuration section and adds `topgun audit ...`. When a
 server starts with the section enabled, it opens that server's `AuditLog` and registers a
 `Recorder` for it in the server's plugin manager (under `RECORDER`); the recorder's hooks
-turn authentications, writes, denials and disconnects into entries. At shutdown the
-recorder is unregistered and the log drained and closed. One recorder per plugin manager:
-each `Server` normally has its own.
+turn authentications, writes, denials, admin actions and disconnects into entries. At
+shutdown the recorder is unregistered and the log drained and closed. One recorder per
+plugin manager: each `Server` normally has its own.
 """
 
 from __future__ import annotations
