@@ -24,7 +24,7 @@ from topgun_audit.plugin import QUEUE_FULL, RECORDER
 
 from topgun.cli import build_cli
 from topgun.crdt.records import LWWRecord, Timestamp
-from topgun.hooks import TopgunPluginManager, make_plugin_manager
+from topgun.hooks import PluginError, TopgunPluginManager, make_plugin_manager
 from topgun.protocol import (
     Auth,
     AuthFail,
@@ -123,6 +123,26 @@ async def test_disabled_by_config_it_records_nothing(start_server: Any, tmp_path
         assert (await client.expect_past_updates(OpAck)).payload.results[0].success
         await client.aclose()
     assert not directory.exists()
+
+
+async def test_a_log_that_cannot_be_opened_stops_the_start_with_a_clear_error(
+    start_server: Any, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PluginError, match=r"audit: cannot open the audit log in .*a-file"):
+        async with start_server(pm=audit_pm(), sections=audit_section(blocker / "audit")):
+            pass
+
+
+async def test_two_servers_cannot_share_one_plugin_manager(
+    start_server: Any, tmp_path: Path
+) -> None:
+    pm = audit_pm()
+    async with start_server(pm=pm, sections=audit_section(tmp_path / "one")):
+        with pytest.raises(PluginError, match="already records for a running server"):
+            async with start_server(pm=pm, sections=audit_section(tmp_path / "two")):
+                pass
 
 
 # --- what a real server records ------------------------------------------------------------

@@ -116,7 +116,13 @@ async def on_startup(server: Any) -> None:
         queue_size=config.queue_size,
         fsync=config.fsync,
     )
-    await anyio.to_thread.run_sync(log.open)
+    try:
+        await anyio.to_thread.run_sync(log.open)
+    except (OSError, ValueError) as exc:
+        raise PluginError(
+            f"audit: cannot open the audit log in {log.directory}: {exc} "
+            "(set [audit] directory, or [audit] enabled = false to run without it)"
+        ) from None
     server.pm.register(Recorder(log, config.on_full), name=RECORDER)
     await log.put(events.server_event("audit.started", server.node_id))
     logger.info("audit log: %s", log.directory)
