@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,22 @@ def test_entries_cut_while_closed_are_recorded_at_the_next_open(tmp_path: Path) 
     assert "the head recorded entry 5" in found[3]["detail"]
     assert "log ends at entry 3" in found[3]["detail"]
     assert verify(tmp_path).ok  # the chain goes on, and it holds the evidence
+
+
+def test_a_producer_waiting_when_close_is_called_still_gets_written(tmp_path: Path) -> None:
+    log = GatedLog(tmp_path, queue_size=1, fsync=False)
+    log.open()
+    log.put_blocking({"event": "first"})
+    waiting = threading.Thread(target=log.put_blocking, args=({"event": "second"},))
+    waiting.start()
+    deadline = time.monotonic() + DEADLINE
+    while log.waiting != 1:
+        assert time.monotonic() < deadline, "the producer never waited"
+        time.sleep(0.001)  # polling for the producer to block, with a deadline
+    closing = threading.Thread(target=log.close)
+    closing.start()
+    log.gate.set()
+    closing.join(DEADLINE)
+    waiting.join(DEADLINE)
+    assert not closing.is_alive()
+    assert [e["event"] for e in entries(tmp_path)] == ["first", "second"]

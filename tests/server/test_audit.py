@@ -402,6 +402,29 @@ async def test_fail_closed_refuses_logins_while_the_queue_is_full(
     assert [e["reason"] for e in failures] == [QUEUE_FULL]
 
 
+async def test_a_denial_on_a_full_queue_waits_without_holding_up_the_server(
+    start_server: Any, wire: Any, tmp_path: Path, gate: threading.Event
+) -> None:
+    directory = tmp_path / "audit"
+    sections = audit_section(directory, queue_size=4, on_full="fail_closed")
+    policies = (Policy("USER", "todos", ("READ",)),)
+    async with start_server(pm=audit_pm(), sections=sections, policies=policies) as live:
+        log = live.server.pm.get_plugin(RECORDER).log
+        bob = await live.client(wire.mint(sub="bob", roles=["USER"]))
+        assert log.flush(DEADLINE)
+        gate.clear()
+        _fill(log)
+        await bob.send(QuerySub(payload=QuerySubPayload("q", "secrets", Query())))
+        assert (await bob.expect(Error)).payload.code == 403  # answered at once
+        await poll(lambda: log.waiting == 1, "the denial's entry waits for room")
+        gate.set()
+        await bob.aclose()
+    denied = [e for e in entries(directory) if e["event"] == "permission.denied"]
+    assert [(e["principal"], e["resource"], e["action"]) for e in denied] == [
+        ("bob", "secrets", "READ")
+    ]
+
+
 async def test_block_holds_the_write_until_there_is_room(
     start_server: Any, tmp_path: Path, gate: threading.Event
 ) -> None:

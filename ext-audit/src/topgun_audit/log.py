@@ -119,6 +119,7 @@ class AuditLog:
         self._thread.join()
         with self._changed:
             self._open = False
+            self._changed.notify_all()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -177,16 +178,18 @@ class AuditLog:
             return True
 
     def put_blocking(self, body: dict[str, Any]) -> None:
-        """Queue `body`, waiting in this thread for room."""
+        """Queue `body`, waiting in this thread for room. A producer already waiting when
+        `close` is called still gets its entry written (the writer waits for it)."""
         with self._changed:
             self._check_open()
             self.waiting += 1
             try:
                 while len(self._queue) >= self.queue_size:
                     self._changed.wait()
-                    self._check_open()
+                    if not self._open:
+                        raise AuditLogClosed(f"the audit log {self.directory} was closed")
             finally:
-                self.waiting -= 1
+                self._stop_waiting()
             self._enqueue(body)
 
     async def put(self, body: dict[str, Any]) -> None:
@@ -202,12 +205,19 @@ class AuditLog:
                 while self._open and len(self._queue) >= self.queue_size:
                     self._changed.wait()
             finally:
-                self.waiting -= 1
+                self._stop_waiting()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every queued entry is written; False on timeout."""
         with self._changed:
             return self._changed.wait_for(lambda: not self._queue, timeout)
+
+    def _stop_waiting(self) -> None:
+        """One producer stopped waiting (the lock held); a closing writer may be waiting
+        for the last of them."""
+        self.waiting -= 1
+        if self._closing:
+            self._changed.notify_all()
 
     def _enqueue(self, body: dict[str, Any]) -> None:
         """Queue `body` (the lock held); wake the writer if it waits for an empty queue."""
@@ -225,7 +235,7 @@ class AuditLog:
         retries_left = CLOSING_RETRIES
         while True:
             with self._changed:
-                while not self._queue and not self._closing:
+                while not self._queue and not (self._closing and not self.waiting):
                     self._changed.wait()
                 if not self._queue:
                     return
@@ -243,9 +253,11 @@ class AuditLog:
                         logger.error(
                             "audit log %s: closing with %d entries that could not be written: %s",
                             self.directory,
-                            len(self._queue),
+                            len(self._queue) + self.waiting,
                             self.failure,
                         )
+                        self._open = False  # producers still waiting hear it was closed
+                        self._changed.notify_all()
                         return
                 self._changed.wait(RETRY_SECONDS)
 

@@ -11,6 +11,7 @@ plugin manager: each `Server` normally has its own.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Final
 
 import anyio
@@ -65,7 +66,13 @@ class Recorder:
 
     @hookimpl
     def on_permission_denied(self, principal: Principal, resource: str, action: str) -> None:
-        self.log.put_blocking(events.permission_denied(principal, resource, action))
+        body = events.permission_denied(principal, resource, action)
+        if not self.log.try_put(body):
+            # A sync hook on the event loop: wait for room in a thread of its own, so that
+            # a slow disk holds up this entry, not the server.
+            threading.Thread(
+                target=self.log.put_blocking, args=(body,), name="topgun-audit denial", daemon=True
+            ).start()
 
     @hookimpl
     async def on_admin_action(
