@@ -291,6 +291,18 @@ async def test_on_authenticated_may_reject(pm: TopgunPluginManager) -> None:
 
 
 @pytest.mark.anyio
+async def test_on_auth_failed_hears_the_reason(pm: TopgunPluginManager) -> None:
+    failures: list[tuple[str, str | None, str]] = []
+
+    async def on_auth_failed(connection: Conn, reason: str) -> None:
+        failures.append((connection.client_id, connection.remote_address, reason))
+
+    pm.register(plugin(on_auth_failed=on_auth_failed), name="ids")
+    await call_hook_async(pm.hook.on_auth_failed, connection=Conn(), reason="Token expired")
+    assert failures == [("client-1", "192.0.2.7:40000", "Token expired")]
+
+
+@pytest.mark.anyio
 async def test_before_op_transforms_drops_or_rejects(pm: TopgunPluginManager) -> None:
     def stamp(op: dict[str, Any], context: Ctx) -> dict[str, Any]:
         return {**op, "value": {**op["value"], "by": context.principal.user_id}}
@@ -338,6 +350,25 @@ async def test_on_disconnect(pm: TopgunPluginManager) -> None:
     pm.register(plugin(on_disconnect=on_disconnect), name="gone")
     await call_hook_async(pm.hook.on_disconnect, connection=Conn(), code=4002, reason="timeout")
     assert closed == [("client-1", 4002, "timeout")]
+
+
+@pytest.mark.anyio
+async def test_on_admin_action_hears_action_target_and_outcome(pm: TopgunPluginManager) -> None:
+    heard: list[tuple[str | None, str, str, str | None]] = []
+
+    def on_admin_action(principal: User, action: str, target: str, error: str | None) -> None:
+        heard.append((principal.user_id, action, target, error))
+
+    pm.register(plugin(on_admin_action=on_admin_action), name="audit")
+    await call_hook_async(
+        pm.hook.on_admin_action,
+        connection=Conn(),
+        principal=User("root"),
+        action="REGISTER_RESOLVER",
+        target="orders/builtin:immutable",
+        error=None,
+    )
+    assert heard == [("root", "REGISTER_RESOLVER", "orders/builtin:immutable", None)]
 
 
 # --- auth ----------------------------------------------------------------------------
@@ -411,6 +442,20 @@ def test_check_permission_collects_every_opinion(pm: TopgunPluginManager) -> Non
             pm.hook.check_permission, principal=reader, resource=resource, action=action
         )
         assert found == expected
+
+
+def test_on_permission_denied_hears_each_denial(pm: TopgunPluginManager) -> None:
+    denied: list[tuple[str | None, str, str]] = []
+
+    def on_permission_denied(principal: User, resource: str, action: str) -> None:
+        denied.append((principal.user_id, resource, action))
+
+    pm.register(plugin(on_permission_denied=on_permission_denied), name="audit")
+    result = call_hook_sync(
+        pm.hook.on_permission_denied, principal=User("eve"), resource="payroll", action="READ"
+    )
+    assert result == []
+    assert denied == [("eve", "payroll", "READ")]
 
 
 # --- storage -------------------------------------------------------------------------

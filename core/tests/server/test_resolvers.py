@@ -188,9 +188,25 @@ async def test_plugin_resolvers_raising_ones_skipped_and_writes_intercepted(star
         assert plugin.ops == [("k", "hi", "ada"), ("k", "no", "ada"), ("k", "HI", "server-1")]
 
 
+class _AdminActions:
+    def __init__(self) -> None:
+        self.heard: list[tuple[str | None, str, str, str | None]] = []
+
+    @hookimpl
+    async def on_admin_action(
+        self, connection: Any, principal: Any, action: str, target: str, error: str | None
+    ) -> None:
+        assert connection.principal is principal
+        self.heard.append((principal.user_id, action, target, error))
+
+
 async def test_unregister_is_for_the_owner_or_admin_and_list_needs_read(start: Any) -> None:
+    """...and every binding change asked for, done or refused, is an `on_admin_action`."""
     policies = (Policy(role="USER", map_name_pattern="*", actions=("READ", "PUT")),)
-    async with start(policies=policies) as h:
+    actions = _AdminActions()
+    pm = make_plugin_manager(entry_points=(), environ={})
+    pm.register(actions)
+    async with start(policies=policies, pm=pm) as h:
         ada = await h.login(roles=("USER",), sub="ada")
         bob = await h.login(roles=("USER",), sub="bob")
         admin = await h.login(sub="root")
@@ -211,6 +227,12 @@ async def test_unregister_is_for_the_owner_or_admin_and_list_needs_read(start: A
         assert await listed(stranger, "m") == []
         denied = await register(stranger, "builtin:immutable", map_name="x")
         assert (denied.success, denied.error) == (False, "Access denied for map x")
+    assert actions.heard[0] == ("ada", "REGISTER_RESOLVER", "m/builtin:immutable", None)
+    assert actions.heard[1][:3] == ("bob", "UNREGISTER_RESOLVER", "m/builtin:immutable")
+    assert actions.heard[1][3] is not None
+    assert actions.heard[2] == ("root", "UNREGISTER_RESOLVER", "m/builtin:immutable", None)
+    assert actions.heard[-1][1:] == ("REGISTER_RESOLVER", "x/builtin:immutable", denied.error)
+    assert len(actions.heard) == 5
 
 
 async def test_bindings_survive_a_restart(gated_start: Any) -> None:

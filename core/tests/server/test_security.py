@@ -174,6 +174,27 @@ def test_any_plugin_false_denies_and_any_true_allows(tokens: Any, user: UserFact
     assert not strict.is_allowed(user(), "topic:private", "READ")
 
 
+def test_denials_of_requests_are_announced_and_filters_are_not(
+    tokens: Any, user: UserFactory
+) -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.denied: list[tuple[str | None, str, str]] = []
+
+        @hookimpl
+        def on_permission_denied(self, principal: Any, resource: str, action: str) -> None:
+            self.denied.append((principal.user_id, resource, action))
+            raise RuntimeError("a broken audit plugin does not turn a denial into an error")
+
+    recorder = Recorder()
+    sec = security(tokens, recorder, policies=[Policy("USER", "todos", ("READ",))])
+    assert sec.is_allowed(user(), "todos", "READ")
+    assert not sec.is_allowed(user(), "todos", "PUT")
+    assert not sec.is_allowed(user(), "secrets", "READ", announce=False)
+    assert not sec.field_filter(user(), "secrets").readable
+    assert recorder.denied == [("alice", "todos", "PUT")]
+
+
 def test_with_the_builtin_disabled_only_plugins_allow(tokens: Any, user: UserFactory) -> None:
     sec = security(tokens, policies=[Policy("USER", "*", ("ALL",))], disable=PLUGIN_NAME)
     assert not sec.is_allowed(user(), "todos", "READ")

@@ -41,6 +41,7 @@ class _Lifecycle:
 
     @hookimpl
     async def on_shutdown(self, server: Any) -> None:
+        await anyio.to_thread.run_sync(lambda: None)  # a plugin may await while it flushes
         self.calls.append(("shutdown", bool(server.sessions)))
 
 

@@ -356,6 +356,7 @@ async def test_unauthenticated_connection_cap_closes_1013(start: Any) -> None:
 class _Interceptor:
     def __init__(self) -> None:
         self.disconnects: list[tuple[int, str]] = []
+        self.auth_failures: list[tuple[object, str]] = []
 
     @hookimpl
     def on_connection(self, connection: Any) -> None:
@@ -368,13 +369,18 @@ class _Interceptor:
             raise Rejected("banned")
 
     @hookimpl
+    async def on_auth_failed(self, connection: Any, reason: str) -> None:
+        self.auth_failures.append((connection.principal, reason))
+
+    @hookimpl
     def on_disconnect(self, connection: Any, code: int, reason: str) -> None:
         self.disconnects.append((code, reason))
 
 
 async def test_connection_and_auth_interceptors(start: Any) -> None:
     """on_connection refuses with 4000; on_authenticated refuses with AUTH_FAIL + 4001;
-    on_disconnect hears every close with its code."""
+    on_auth_failed hears every refused authentication; on_disconnect hears every close
+    with its code."""
     plugin = _Interceptor()
     pm = make_plugin_manager(entry_points=(), environ={})
     pm.register(plugin)
@@ -391,16 +397,24 @@ async def test_connection_and_auth_interceptors(start: Any) -> None:
         assert isinstance(fail, AuthFail)
         assert fail.error == "banned"
         assert (await banned.closed())[0] == 4001
+        forged = await h.connect()
+        await forged.receive()
+        await forged.send(Auth(token="not-a-jwt"))
+        assert isinstance(await forged.receive(), AuthFail)
         client = await h.login()
         await client.disconnect()
         with anyio.fail_after(5):
-            while len(plugin.disconnects) < 3:
+            while len(plugin.disconnects) < 4:
                 await anyio.wait_all_tasks_blocked()
     assert sorted(plugin.disconnects) == [
         (1005, "closed by the client"),
         (4000, "not from there"),
         (4001, "Authentication failed"),
+        (4001, "Authentication failed"),
     ]
+    assert plugin.auth_failures[0] == (None, "banned")
+    assert len(plugin.auth_failures) == 2
+    assert plugin.auth_failures[1][0] is None
 
 
 async def test_messages_are_handled_in_arrival_order(harness: Any) -> None:

@@ -99,6 +99,19 @@ def on_authenticated(connection: Connection, principal: Principal) -> Awaitable[
 
 
 @hookspec
+def on_auth_failed(connection: Connection | None, reason: str) -> Awaitable[None] | None:
+    """Called when an authentication was refused, before the client hears it: a bad,
+    expired or missing token, a verifier or `enrich_principal` rejection, or an
+    `on_authenticated` plugin refusing. `reason` is the error the client gets (`AUTH_FAIL`,
+    or the HTTP 401 body); `connection` is the WebSocket connection (its `principal` is
+    `None`), or `None` for an HTTP request (`POST /sync`, `GET /events`).
+
+    Use it for audit and intrusion detection. The return value is ignored; raising is
+    logged and does not change the outcome. May be async. Called with `call_hook_async`.
+    """
+
+
+@hookspec
 def before_op(op: Any, context: OpContext) -> Any | Awaitable[Any]:
     """Called for every client write (WebSocket or HTTP) after it was validated and
     authorized, before it is merged (PROTOCOL.md §6.1 step 4). `op` is the decoded
@@ -129,6 +142,20 @@ def on_disconnect(connection: Connection, code: int, reason: str) -> Awaitable[N
     `code` and `reason` (PROTOCOL.md §1.4).
 
     The return value is ignored. May be async. Called with `call_hook_async`.
+    """
+
+
+@hookspec
+def on_admin_action(
+    connection: Connection | None, principal: Principal, action: str, target: str, error: str | None
+) -> Awaitable[None] | None:
+    """Called after a client request that changes how the server behaves rather than a
+    map's data, whether it took effect or not: `action` is the request's message type
+    (`REGISTER_RESOLVER`, `UNREGISTER_RESOLVER`), `target` what it acted on
+    (`<map>/<resolver>`), `error` why it was refused (`None`: it took effect).
+
+    Use it for audit. The return value is ignored; raising is logged and does not change
+    the outcome. May be async. Called with `call_hook_async`.
     """
 
 
@@ -173,6 +200,17 @@ def check_permission(principal: Principal, resource: str, action: str) -> bool |
     Return `False` to deny, `True` to allow, `None` for no opinion. Any `False` denies;
     otherwise any `True` allows; with no opinion the configured role policies decide.
     Sync only (it sits on every read and write path). Called with `call_hook_sync`.
+    """
+
+
+@hookspec
+def on_permission_denied(principal: Principal, resource: str, action: str) -> None:
+    """Called when an authorization check refused a client request: `resource` and
+    `action` as in `check_permission`. Not called for the checks that only filter what a
+    principal is shown (field-level security, listings).
+
+    Use it for audit. The return value is ignored; raising is logged and does not change
+    the denial. Sync only (it sits on the request path). Called with `call_hook_sync`.
     """
 
 

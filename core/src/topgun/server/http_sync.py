@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast
 import msgspec
 
 from topgun.crdt import ClockDriftError
-from topgun.hooks import Principal, Rejected, hookimpl
+from topgun.hooks import Principal, Rejected, call_hook_async, hookimpl
 from topgun.protocol import (
     DeltaRecord,
     HttpError,
@@ -79,10 +79,10 @@ class HttpFailure(Exception):
 async def authenticate_bearer(server: Server, authorization: str | None) -> Principal:
     """The principal of an `Authorization: Bearer <jwt>` header, or `HttpFailure(401)`."""
     if not authorization:
-        raise HttpFailure(401, "Missing Authorization header")
+        raise await _refused(server, "Missing Authorization header")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HttpFailure(401, "Authentication failed: expected 'Bearer <token>'")
+        raise await _refused(server, "Authentication failed: expected 'Bearer <token>'")
     return await authenticate_token(server, token.strip())
 
 
@@ -92,7 +92,16 @@ async def authenticate_token(server: Server, token: str) -> Principal:
         return await server.security.authenticate(token, None)
     except (AuthError, Rejected) as refused:
         server.metrics.auth_failures.inc()
-        raise HttpFailure(401, f"Authentication failed: {refused.reason}") from None
+        raise await _refused(server, f"Authentication failed: {refused.reason}") from None
+
+
+async def _refused(server: Server, reason: str) -> HttpFailure:
+    """The 401 for `reason`, once the `on_auth_failed` plugins heard of it."""
+    try:
+        await call_hook_async(server.pm.hook.on_auth_failed, connection=None, reason=reason)
+    except Exception:
+        logger.exception("an on_auth_failed plugin failed (the refusal stands)")
+    return HttpFailure(401, reason)
 
 
 def decode_body(server: Server, data: bytes, content_type: str) -> SyncRequest:

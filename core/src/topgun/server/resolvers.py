@@ -39,6 +39,7 @@ from topgun.hooks import (
     PluginError,
     Principal,
     TopgunPluginManager,
+    call_hook_async,
     collect_registrations,
 )
 from topgun.protocol import (
@@ -393,7 +394,9 @@ class ConflictResolvers:
         names = [map_name] if map_name is not None else sorted(self.bindings)
         found: list[ResolverBinding] = []
         for name in names:
-            if name not in self.bindings or not self.security.is_allowed(principal, name, "READ"):
+            if name not in self.bindings or not self.security.is_allowed(
+                principal, name, "READ", announce=False
+            ):
                 continue
             found.extend(
                 ResolverBinding(
@@ -528,12 +531,28 @@ def _resolvers(session: Session) -> ConflictResolvers:
     return resolvers
 
 
+async def _announce(session: Session, action: str, target: str, error: str | None) -> None:
+    """Tell the `on_admin_action` plugins about a binding change a client asked for."""
+    try:
+        await call_hook_async(
+            session.server.pm.hook.on_admin_action,
+            connection=session,
+            principal=_principal(session),
+            action=action,
+            target=target,
+            error=error,
+        )
+    except Exception:
+        logger.exception("an on_admin_action plugin failed (the outcome stands)")
+
+
 async def register_resolver(session: Session, message: RegisterResolver) -> None:
     """`REGISTER_RESOLVER` → `REGISTER_RESOLVER_RESPONSE`."""
     spec = message.resolver
     error = await _resolvers(session).register(
         _principal(session), message.map_name, spec.name, spec.priority, spec.key_pattern
     )
+    await _announce(session, "REGISTER_RESOLVER", f"{message.map_name}/{spec.name}", error)
     session.send(
         RegisterResolverResponse(request_id=message.request_id, success=error is None, error=error)
     )
@@ -544,6 +563,8 @@ async def unregister_resolver(session: Session, message: UnregisterResolver) -> 
     error = await _resolvers(session).unregister(
         _principal(session), message.map_name, message.resolver_name
     )
+    target = f"{message.map_name}/{message.resolver_name}"
+    await _announce(session, "UNREGISTER_RESOLVER", target, error)
     session.send(
         UnregisterResolverResponse(
             request_id=message.request_id, success=error is None, error=error

@@ -16,6 +16,7 @@ hooks other than through `Security` leaves the built-in plugin without an opinio
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Final
@@ -41,6 +42,8 @@ from topgun.server.permissions import (
     PolicySet,
     is_admin,
 )
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_NAME: Final = __name__
 """The built-in plugin's name, as `topgun plugins` and `TOPGUN_DISABLE_PLUGINS` know it."""
@@ -118,12 +121,16 @@ class Security:
             raise AuthError(exc.reason) from None
         return enriched
 
-    def is_allowed(self, principal: Principal, resource: str, action: str) -> bool:
+    def is_allowed(
+        self, principal: Principal, resource: str, action: str, *, announce: bool = True
+    ) -> bool:
         """Whether `principal` may do `action` (READ, PUT, REMOVE) on `resource`.
 
         Every `check_permission` implementation is asked: any `False` denies, otherwise
         any `True` allows; the built-in one answers `True` when the role policies allow
-        and has no opinion otherwise, so with no opinion at all the answer is no.
+        and has no opinion otherwise, so with no opinion at all the answer is no. A denial
+        is announced to the `on_permission_denied` plugins unless `announce` is false (the
+        checks that only filter what a principal is shown).
         """
         if action not in ACTIONS or action == "ALL":
             raise ValueError(f"unknown action {action!r}; expected READ, PUT or REMOVE")
@@ -142,7 +149,21 @@ class Security:
                 raise PluginError(
                     f"check_permission returned {answer!r}; it must return True, False or None"
                 )
-        return False not in answers and True in answers
+        allowed = False not in answers and True in answers
+        if not allowed and announce:
+            self._announce_denial(principal, resource, action)
+        return allowed
+
+    def _announce_denial(self, principal: Principal, resource: str, action: str) -> None:
+        try:
+            call_hook_sync(
+                self.pm.hook.on_permission_denied,
+                principal=principal,
+                resource=resource,
+                action=action,
+            )
+        except Exception:
+            logger.exception("an on_permission_denied plugin failed (the denial stands)")
 
     def field_filter(self, principal: Principal, map_name: str) -> FieldFilter:
         """What `principal` may see of `map_name`'s values (PROTOCOL.md §4.3 FLS).
@@ -151,7 +172,7 @@ class Security:
         others the fields the role policies grant; READ granted only by a plugin (no
         policy grants it) shows whole values.
         """
-        if not self.is_allowed(principal, map_name, "READ"):
+        if not self.is_allowed(principal, map_name, "READ", announce=False):
             return NO_ACCESS
         if is_admin(principal) or not self.builtin_enabled:
             return ALL_FIELDS

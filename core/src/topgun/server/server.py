@@ -263,7 +263,10 @@ class Server:
         finally:
             self._task_group.cancel_scope.cancel()
             try:
-                await call_hook_async(self.pm.hook.on_shutdown, server=self)
+                # Shielded: the server's task group (still entered) is cancelled by now,
+                # and plugins must be able to await while they flush.
+                with anyio.CancelScope(shield=True):
+                    await call_hook_async(self.pm.hook.on_shutdown, server=self)
             finally:
                 await self._stack.aclose()
 

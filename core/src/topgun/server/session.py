@@ -260,6 +260,12 @@ class Session:
     async def _refuse(self, reason: str) -> None:
         self.principal = None
         self.server.metrics.auth_failures.inc()
+        try:
+            await call_hook_async(
+                self.server.pm.hook.on_auth_failed, connection=self, reason=reason
+            )
+        except Exception:
+            logger.exception("an on_auth_failed plugin failed (the refusal stands)")
         self.send(AuthFail(error=reason, code=401))
         self.close(4001, "Authentication failed")
 
