@@ -55,7 +55,7 @@ from topgun.server.subscriptions import SubscriptionRegistry
 from topgun.server.topics import TopicRegistry
 from topgun.server.transport import Transport
 from topgun.server.writes import WritePipeline
-from topgun.storage import StorageBackend, StorageWriter, open_storage
+from topgun.storage import StorageBackend, StorageWriter, open_configured_storage
 
 logger = logging.getLogger(__name__)
 
@@ -206,15 +206,7 @@ class Server:
             raise RuntimeError("a Server can be started only once")
         stack = self._stack = contextlib.AsyncExitStack()
         try:
-            storage = self.config.storage
-            backend = self.backend = open_storage(
-                self.pm,
-                data_dir=self.config.data_dir,
-                backend=storage.backend,
-                codecs=storage.codecs,
-                wrappers=storage.wrappers,
-                options=storage.options,
-            )
+            backend = self.backend = open_configured_storage(self.pm, self.config)
             await backend.initialize()
             stack.push_async_callback(backend.close)
             loaded = await self.maps.load(backend)
