@@ -25,6 +25,9 @@ class CryptoConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A file holding the key ring, one `name:base64` entry per line."""
     active_key: str | None = None
     """The key new values are encrypted with; unset: the last one of the ring."""
+    rotate_on_startup: bool = False
+    """Re-encrypt values under other keys with the active key, in the background, while
+    the server serves (what `topgun crypto rotate` does with the server stopped)."""
 
     def __post_init__(self) -> None:
         if self.keys is not None and self.key_file is not None:

@@ -1,4 +1,5 @@
-"""The `crypto` plugin: the `[crypto]` section, the `crypto` codec, `topgun crypto`."""
+"""The `crypto` plugin: the `[crypto]` section, the `crypto` codec, `topgun crypto`, and
+the background rotation of `[crypto] rotate_on_startup`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Any
 import click
 
 from topgun.hooks import ContextualCodec, Register, ValueCodec, hookimpl
-from topgun.storage import StorageConfigError
+from topgun.storage import RecodableBackend, StorageConfigError
 from topgun_crypto.cli import crypto
 from topgun_crypto.codec import AesGcmCodec
 from topgun_crypto.config import SECTION, CryptoConfig, crypto_config, load_keyring
+from topgun_crypto.rotation import rotate_in_background
 
 
 @hookimpl
@@ -31,6 +33,22 @@ def register_codecs(register: Register[ValueCodec | ContextualCodec], config: An
             "values are compressed before they are encrypted (ciphertext does not compress)"
         )
     register(SECTION, AesGcmCodec(load_keyring(crypto_config(config))))
+
+
+@hookimpl
+def on_startup(server: Any) -> None:
+    """With `[crypto] rotate_on_startup`, start rotating in the background."""
+    config = server.config
+    if SECTION not in config.storage.codecs or not crypto_config(config).rotate_on_startup:
+        return
+    backend = server.backend
+    if not isinstance(backend, RecodableBackend):
+        raise StorageConfigError(
+            f"[crypto] rotate_on_startup: the storage backend {config.storage.backend!r} cannot "
+            "re-encode values in place (it is not a topgun.storage.RecodableBackend)"
+        )
+    codec = AesGcmCodec(load_keyring(crypto_config(config)))
+    server.start_background(lambda: rotate_in_background(backend, codec))
 
 
 @hookimpl

@@ -13,6 +13,7 @@ swaps them in with a compare-and-swap, one transaction per page. So:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ import anyio.to_thread
 
 from topgun.storage import RecodableBackend, StoredValue
 from topgun_crypto.codec import AesGcmCodec
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 500
 """Values per page: one scan, one transaction."""
@@ -82,3 +85,29 @@ async def key_usage(backend: RecodableBackend, codec: AesGcmCodec) -> dict[str |
             usage[name] = usage.get(name, 0) + 1
         after = page[-1]
     return usage
+
+
+async def rotate_in_background(backend: RecodableBackend, codec: AesGcmCodec) -> None:
+    """`rotate` beside a running server, logging its progress (every tenth) and outcome
+    to the logger `topgun_crypto.rotation`; a failure is logged as an error, naming the
+    map and key, and leaves the server running (values not yet rotated stay readable)."""
+    logged = -1
+
+    def progress(done: int, total: int) -> None:
+        nonlocal logged
+        tenth = done * 10 // max(total, 1)
+        if tenth > logged:
+            logged = tenth
+            logger.info("key rotation to %r: %d of %d values", codec.keyring.active, done, total)
+
+    try:
+        report = await rotate(backend, codec, progress=progress)
+    except Exception as exc:
+        logger.error("key rotation to %r stopped: %s", codec.keyring.active, exc)
+        return
+    logger.info(
+        "key rotation to %r done: %d of %d value(s) re-encrypted",
+        codec.keyring.active,
+        report.rotated,
+        report.scanned,
+    )

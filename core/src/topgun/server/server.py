@@ -16,9 +16,9 @@ import functools
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Coroutine
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
@@ -261,6 +261,14 @@ class Server:
                     await call_hook_async(self.pm.hook.on_shutdown, server=self)
             finally:
                 await self._stack.aclose()
+
+    def start_background(self, function: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `function()` beside the server until it returns or the server stops (it is
+        cancelled then): for `on_startup` plugins with work of their own, such as a key
+        rotation. It must handle its own errors; one it raises stops the server."""
+        if self._task_group is None:
+            raise RuntimeError("the server is not running: start background work in on_startup")
+        self._task_group.start_soon(function)
 
     async def shutdown(self) -> None:
         """Stop accepting, send `SHUTDOWN_PENDING` to every client, let pending
