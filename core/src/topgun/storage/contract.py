@@ -347,8 +347,8 @@ _AREA_RANK: dict[str, int] = {"lww": 0, "ormap": 1, "meta": 2}
 
 
 @runtime_checkable
-class RecodableBackend(Protocol):
-    """A backend whose stored value bytes can be read and re-encoded in place: what key
+class RecodableBackend(StorageBackend, Protocol):
+    """A storage backend whose stored value bytes can be read and re-encoded in place: what key
     rotation (re-encrypting every value with a new key) needs, since the changes of the
     contract never rewrite a record with the same timestamp.
 
