@@ -31,7 +31,8 @@ def test_entries_parse_from_lines_or_commas_and_the_last_is_active() -> None:
 
 def test_a_generated_key_formats_to_an_entry_that_parses_back() -> None:
     key = generate_key()
-    assert len(key) == 32 and key != generate_key()
+    assert len(key) == 32
+    assert key != generate_key()
     assert KeyRing.parse(format_key("2026-11", key), source="x").key("2026-11") == key
 
 
