@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Final
 
+import msgspec
 import zstandard
 
 INDEX: Final = "index.json"
@@ -25,18 +28,43 @@ class DictionaryError(ValueError):
     """A dictionary cannot be trained, read or saved; the message says which and why."""
 
 
+_TRAINER = """
+import sys
+import msgspec
+import zstandard
+size, samples = msgspec.msgpack.decode(sys.stdin.buffer.read())
+try:
+    dictionary = zstandard.train_dictionary(size, samples)
+except zstandard.ZstdError as exc:
+    sys.stderr.write(str(exc))
+    sys.exit(3)
+sys.stdout.buffer.write(dictionary.as_bytes())
+"""
+
+
 def train(samples: list[bytes], *, size: int = DEFAULT_DICT_SIZE) -> zstandard.ZstdCompressionDict:
-    """A dictionary trained on `samples` (values as the codec sees them: msgpack)."""
+    """A dictionary trained on `samples` (values as the codec sees them: msgpack).
+
+    zstd's trainer is native code that can crash the process on some degenerate inputs
+    (a floating point exception on a few tiny or identical samples), so it runs in a
+    child process: a crash there is a `DictionaryError`, not the end of this one."""
     if len(samples) < 8:
         raise DictionaryError(f"{len(samples)} sample(s) are too few to train a dictionary")
-    try:
-        return zstandard.train_dictionary(size, list[bytes | bytearray | memoryview](samples))
-    except zstandard.ZstdError as exc:
-        total = sum(len(sample) for sample in samples)
+    total = sum(len(sample) for sample in samples)
+    child = subprocess.run(
+        [sys.executable, "-c", _TRAINER],
+        input=msgspec.msgpack.encode([size, samples]),
+        capture_output=True,
+        check=False,
+    )
+    if child.returncode != 0:
+        detail = child.stderr.decode(errors="replace").strip().splitlines()
+        reason = detail[-1] if detail else f"the trainer exited with status {child.returncode}"
         raise DictionaryError(
             f"zstd could not train a {size}-byte dictionary from {len(samples)} samples "
-            f"({total} bytes): {exc}; use more values or a smaller --size"
-        ) from None
+            f"({total} bytes): {reason}; use more (and more varied) values or a smaller size"
+        )
+    return zstandard.ZstdCompressionDict(child.stdout)
 
 
 class DictionaryStore:
