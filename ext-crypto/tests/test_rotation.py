@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 from click.testing import CliRunner
 
@@ -187,10 +188,22 @@ def test_the_rotate_and_status_commands(
     result = runner.invoke(cli, ["crypto", "rotate", "--config", str(toml)], env=env)
     assert result.exit_code == 0, result.output
     assert f"rotated {stored} of {stored} value(s) to key 'k2'" in result.stdout
+    assert "rotating to key k2 " in result.stderr  # the progress bar, at its end:
+    assert f" {stored}/{stored} " in result.stderr
     status = runner.invoke(cli, ["crypto", "status", "--config", str(toml)], env=env)
     assert status.stdout == f"k2: {stored} value(s) (active)\n"
     again = runner.invoke(cli, ["crypto", "rotate", "--config", str(toml)], env=env)
     assert f"rotated 0 of {stored} value(s)" in again.stdout
+
+    async def hold_and_rotate() -> Any:
+        async with Server(configure(keys=kit.ring("k1", "k2")), pm=plugins):
+            args = ["crypto", "rotate", "--config", str(toml)]
+            return await anyio.to_thread.run_sync(lambda: runner.invoke(cli, args, env=env))
+
+    busy = anyio.run(hold_and_rotate)
+    assert busy.exit_code == 1
+    assert "in use by another process" in busy.stderr
+    assert "[crypto] rotate_on_startup" in busy.stderr
     bad = runner.invoke(cli, ["crypto", "rotate", "--config", str(toml)], env={})
     assert bad.exit_code == 1
     assert "no key is: set TOPGUN_CRYPTO_KEYS" in bad.stderr

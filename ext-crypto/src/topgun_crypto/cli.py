@@ -27,7 +27,12 @@ from topgun.server.config import (
     config_sections,
     read_config,
 )
-from topgun.storage import RecodableBackend, StorageError, open_configured_storage
+from topgun.storage import (
+    RecodableBackend,
+    StorageError,
+    StorageOpenError,
+    open_configured_storage,
+)
 from topgun_crypto.codec import AesGcmCodec, CryptoError
 from topgun_crypto.config import SECTION, crypto_config, load_keyring
 from topgun_crypto.keyring import KeyRingError, format_key, generate_key
@@ -90,7 +95,13 @@ def _run(
 
         return anyio.run(main)
     except _ERRORS as exc:
-        click.echo(f"topgun crypto: {exc}", err=True)
+        hint = ""
+        if isinstance(exc, StorageOpenError):
+            hint = (
+                "; stop the server first, or let it rotate in the background "
+                "([crypto] rotate_on_startup = true)"
+            )
+        click.echo(f"topgun crypto: {exc}{hint}", err=True)
         raise SystemExit(1) from None
 
 
