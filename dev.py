@@ -95,7 +95,16 @@ def test(args: list[str]) -> int:
     steps = [
         ("ruff", [str(BIN / "ruff"), "check", "."]),
         ("ruff format", [str(BIN / "ruff"), "format", "--check", "--quiet", "."]),
-        ("mypy", [str(BIN / "mypy"), "core/src/topgun", "ext-audit/src/topgun_audit"]),
+        (
+            "mypy",
+            [
+                str(BIN / "mypy"),
+                "core/src/topgun",
+                "ext-audit/src/topgun_audit",
+                "ext-crypto/src",
+                "ext-compress/src",
+            ],
+        ),
         ("mkdocs", [str(BIN / "mkdocs"), "build", "--strict", "--quiet", "-d", str(VENV / "site")]),
     ]
     for name, cmd in steps:

@@ -10,9 +10,17 @@ from typing import Any
 import pytest
 
 from topgun.crdt import LWWRecord, Timestamp
-from topgun.hooks import TopgunPluginManager, collect_registrations, hookimpl, make_plugin_manager
+from topgun.hooks import (
+    ContextualCodec,
+    TopgunPluginManager,
+    collect_registrations,
+    hookimpl,
+    make_plugin_manager,
+)
+from topgun.server.config import ServerConfig, StorageConfig
 from topgun.storage import (
     Change,
+    CodecContext,
     MapInfo,
     MapSnapshot,
     MemoryBackend,
@@ -21,6 +29,7 @@ from topgun.storage import (
     StorageBackend,
     StorageConfigError,
     codec_pipeline,
+    open_configured_storage,
     open_storage,
 )
 
@@ -183,3 +192,45 @@ async def test_configured_codecs_reach_the_backend(pm: TopgunPluginManager, tmp_
     backend = open_storage(pm, data_dir=tmp_path, codecs=["reverse"])
     assert isinstance(backend, SQLiteBackend)
     assert backend.codecs.names == ("reverse",)
+
+
+def test_codec_plugins_get_the_server_configuration_and_may_be_contextual(
+    pm: TopgunPluginManager, tmp_path: Path
+) -> None:
+    """`register_codecs(register, config)`: a codec is built from the configuration it is
+    given (a key, a level), and may be a `ContextualCodec`."""
+    seen: list[Any] = []
+
+    class Salted:
+        def __init__(self, salt: bytes) -> None:
+            self.salt = salt
+
+        def encode_for(self, data: bytes, context: CodecContext) -> bytes:
+            return self.salt + context.key.encode() + b"|" + data
+
+        def decode_for(self, data: bytes, context: CodecContext) -> bytes:
+            prefix = self.salt + context.key.encode() + b"|"
+            if not data.startswith(prefix):
+                raise ValueError("salted for another key")
+            return data[len(prefix) :]
+
+    class Configured:
+        @hookimpl
+        def register_codecs(self, register: Any, config: Any) -> None:
+            seen.append(config)
+            register("salted", Salted(str(getattr(config, "node_id", None)).encode()))
+
+    pm.register(Configured(), name="configured")
+    assert isinstance(Salted(b""), ContextualCodec)
+    config = ServerConfig(
+        data_dir=tmp_path,
+        node_id="n-7",
+        storage=StorageConfig(backend="memory", codecs=("salted",)),
+    )
+    backend = open_configured_storage(pm, config)
+    assert isinstance(backend, MemoryBackend)
+    assert seen == [config]
+    here = CodecContext("lww", "m", "k")
+    assert backend.codecs.encode(b"v", here) == b"n-7k|v"
+    assert codec_pipeline(pm, ["salted"]).encode(b"v", here) == b"Nonek|v"  # no configuration
+    assert seen[-1] is None

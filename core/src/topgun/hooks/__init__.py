@@ -16,6 +16,7 @@ from topgun.hooks.calls import (
 from topgun.hooks.contracts import (
     ConflictResolver,
     Connection,
+    ContextualCodec,
     EntryProcessor,
     OpContext,
     Principal,
@@ -41,6 +42,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "ConflictResolver",
     "Connection",
+    "ContextualCodec",
     "EntryProcessor",
     "OpContext",
     "PluginError",

@@ -180,9 +180,10 @@ class _Registrar:
         self._registered[name] = Registration(name, obj, self._plugin, options)
 
 
-def collect_registrations(hook: HookCaller, /) -> dict[str, Registration]:
+def collect_registrations(hook: HookCaller, /, **kwargs: object) -> dict[str, Registration]:
     """Call a `register_*(register)` hook and return what was registered, by name.
 
+    `kwargs` are the hook's other arguments (`config` for `register_codecs`).
     Implementations are called one at a time so every registration is attributed to its
     plugin: an empty or non-string name, or a name registered twice, is a `PluginError`
     naming the plugins involved. The dict keeps registration order.
@@ -190,7 +191,7 @@ def collect_registrations(hook: HookCaller, /) -> dict[str, Registration]:
     registered: dict[str, Registration] = {}
     for impl in _in_call_order(hook):
         register = _Registrar(hook.name, impl.plugin_name, registered)
-        result = _call_one(hook, impl, {"register": register})
+        result = _call_one(hook, impl, {**kwargs, "register": register})
         if inspect.isawaitable(result):
             _close_awaitable(result)
             raise PluginError(

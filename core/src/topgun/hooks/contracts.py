@@ -10,7 +10,10 @@ provider), the hookspec says what it will be and types it `Any` until then.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    from topgun.storage.codecs import CodecContext
 
 T_contra = TypeVar("T_contra", contravariant=True)
 
@@ -106,4 +109,23 @@ class ValueCodec(Protocol):
 
     def decode(self, data: bytes, /) -> bytes:
         """Undo `encode` on bytes read back from storage."""
+        ...
+
+
+@runtime_checkable
+class ContextualCodec(Protocol):
+    """A reversible transformation of persisted bytes that depends on what they belong to
+    (encryption binding its ciphertext to the value's map and key as associated data).
+
+    `context` is a `topgun.storage.CodecContext` (area, map or meta namespace, key).
+    `decode_for(encode_for(data, ctx), ctx) == data` must hold for every context, and
+    decoding with another context should fail (that is the point of binding to it).
+    """
+
+    def encode_for(self, data: bytes, context: CodecContext, /) -> bytes:
+        """Transform `data` on its way to storage under `context`."""
+        ...
+
+    def decode_for(self, data: bytes, context: CodecContext, /) -> bytes:
+        """Undo `encode_for` on bytes read back from storage under `context`."""
         ...

@@ -17,6 +17,7 @@ import pluggy
 
 from topgun.hooks.contracts import (
     Connection,
+    ContextualCodec,
     EntryProcessor,
     OpContext,
     Principal,
@@ -240,13 +241,18 @@ def register_storage_wrappers(register: Register[Any]) -> None:
 
 
 @hookspec
-def register_codecs(register: Register[ValueCodec]) -> None:
+def register_codecs(register: Register[ValueCodec | ContextualCodec], config: Any) -> None:
     """Called when the server opens its storage, to learn the value codecs.
 
-    Call `register(name, codec)` with a `ValueCodec`. The configuration lists the codecs
-    to apply to persisted bytes (e.g. compress then encrypt); storage encodes in that
-    order and decodes in reverse. Returns nothing. Sync only. Called with
-    `collect_registrations`.
+    Call `register(name, codec)` with a `ValueCodec` (`encode(data)` / `decode(data)`) or
+    a `ContextualCodec` (`encode_for(data, context)` / `decode_for(data, context)`, told
+    the area, map and key the bytes belong to, e.g. to bind a ciphertext to them).
+    `config` is the `topgun.server.ServerConfig` storage is opened for (a plugin reads its
+    section with `config.section(name)`), or `None` when storage is opened without one.
+    The configuration lists the codecs to apply to persisted bytes (e.g. compress then
+    encrypt); storage encodes in that order and decodes in reverse. Raise
+    `topgun.storage.StorageConfigError` when a listed codec cannot be built (a missing
+    key). Returns nothing. Sync only. Called with `collect_registrations`.
     """
 
 

@@ -16,9 +16,9 @@ import functools
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Coroutine
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
@@ -55,7 +55,7 @@ from topgun.server.subscriptions import SubscriptionRegistry
 from topgun.server.topics import TopicRegistry
 from topgun.server.transport import Transport
 from topgun.server.writes import WritePipeline
-from topgun.storage import StorageBackend, StorageWriter, open_storage
+from topgun.storage import StorageBackend, StorageWriter, open_configured_storage
 
 logger = logging.getLogger(__name__)
 
@@ -206,15 +206,7 @@ class Server:
             raise RuntimeError("a Server can be started only once")
         stack = self._stack = contextlib.AsyncExitStack()
         try:
-            storage = self.config.storage
-            backend = self.backend = open_storage(
-                self.pm,
-                data_dir=self.config.data_dir,
-                backend=storage.backend,
-                codecs=storage.codecs,
-                wrappers=storage.wrappers,
-                options=storage.options,
-            )
+            backend = self.backend = open_configured_storage(self.pm, self.config)
             await backend.initialize()
             stack.push_async_callback(backend.close)
             loaded = await self.maps.load(backend)
@@ -269,6 +261,14 @@ class Server:
                     await call_hook_async(self.pm.hook.on_shutdown, server=self)
             finally:
                 await self._stack.aclose()
+
+    def start_background(self, function: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `function()` beside the server until it returns or the server stops (it is
+        cancelled then): for `on_startup` plugins with work of their own, such as a key
+        rotation. It must handle its own errors; one it raises stops the server."""
+        if self._task_group is None:
+            raise RuntimeError("the server is not running: start background work in on_startup")
+        self._task_group.start_soon(function)
 
     async def shutdown(self) -> None:
         """Stop accepting, send `SHUTDOWN_PENDING` to every client, let pending

@@ -8,7 +8,8 @@ reusable conformance suite for backend authors is `topgun.storage.conformance` (
 pytest, so it is not imported here).
 """
 
-from topgun.storage.codecs import Area, CodecContext, CodecPipeline, ContextualCodec
+from topgun.hooks import ContextualCodec
+from topgun.storage.codecs import Area, CodecContext, CodecPipeline
 from topgun.storage.contract import (
     AddORRecord,
     BackendConfig,
@@ -25,8 +26,10 @@ from topgun.storage.contract import (
     PruneRecord,
     PutMeta,
     PutRecord,
+    RecodableBackend,
     RemoveORTag,
     StorageBackend,
+    StoredValue,
     check_batch,
 )
 from topgun.storage.errors import (
@@ -41,7 +44,7 @@ from topgun.storage.errors import (
     ValueCodecError,
 )
 from topgun.storage.memory import MemoryBackend, MemoryStore
-from topgun.storage.registry import codec_pipeline, open_storage
+from topgun.storage.registry import codec_pipeline, open_configured_storage, open_storage
 from topgun.storage.sqlite import SCHEMA_VERSION, SQLiteBackend, SQLiteOptions
 from topgun.storage.writer import Commit, StorageWriter
 
@@ -71,6 +74,7 @@ __all__ = [
     "PruneRecord",
     "PutMeta",
     "PutRecord",
+    "RecodableBackend",
     "RemoveORTag",
     "SQLiteBackend",
     "SQLiteOptions",
@@ -82,8 +86,10 @@ __all__ = [
     "StorageOpenError",
     "StorageWriteError",
     "StorageWriter",
+    "StoredValue",
     "ValueCodecError",
     "check_batch",
     "codec_pipeline",
+    "open_configured_storage",
     "open_storage",
 ]

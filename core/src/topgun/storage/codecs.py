@@ -10,18 +10,18 @@ Codecs come in two shapes, both registered through the `register_codecs` hook:
 
 - `topgun.hooks.ValueCodec`: `encode(data)` / `decode(data)`, for transformations that do
   not care where the bytes belong (compression);
-- `ContextualCodec`: `encode_for(data, context)` / `decode_for(data, context)`, for those
-  that do (encryption with associated data).
+- `topgun.hooks.ContextualCodec` (also exported here): `encode_for(data, context)` /
+  `decode_for(data, context)`, for those that do (encryption with associated data).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import msgspec
 
-from topgun.hooks import ValueCodec
+from topgun.hooks import ContextualCodec, ValueCodec
 from topgun.storage.errors import StorageConfigError, ValueCodecError
 
 Area = Literal["lww", "ormap", "meta"]
@@ -48,23 +48,6 @@ class CodecContext(msgspec.Struct, frozen=True):
         """`key 'k' of map 'm'` (or `of meta namespace 'n'`), for error messages."""
         where = "meta namespace" if self.area == "meta" else "map"
         return f"key {self.key!r} of {where} {self.name!r}"
-
-
-@runtime_checkable
-class ContextualCodec(Protocol):
-    """A reversible transformation of persisted bytes that depends on what they belong to.
-
-    `decode_for(encode_for(data, ctx), ctx) == data` must hold for every context, and
-    decoding with another context should fail (that is the point of binding to it).
-    """
-
-    def encode_for(self, data: bytes, context: CodecContext, /) -> bytes:
-        """Transform `data` on its way to storage under `context`."""
-        ...
-
-    def decode_for(self, data: bytes, context: CodecContext, /) -> bytes:
-        """Undo `encode_for` on bytes read back from storage under `context`."""
-        ...
 
 
 _Step = Callable[[bytes, CodecContext], bytes]

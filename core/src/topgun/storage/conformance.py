@@ -44,8 +44,10 @@ from topgun.storage.contract import (
     PruneRecord,
     PutMeta,
     PutRecord,
+    RecodableBackend,
     RemoveORTag,
     StorageBackend,
+    StoredValue,
 )
 from topgun.storage.errors import (
     InvalidChangeError,
@@ -550,6 +552,82 @@ class BackendConformance:
             assert "key 'k' of map 'm'" in str(caught.value)
             with pytest.raises(ValueCodecError, match="key 'mk' of meta namespace 'ns'"):
                 await b.load_meta("ns")
+
+    # --- re-encoding in place (`RecodableBackend`, optional) ---------------------------
+
+    @asynccontextmanager
+    async def recodable(
+        self, open_backend: OpenBackend, codecs: CodecPipeline | None = None
+    ) -> AsyncIterator[RecodableBackend]:
+        async with self.opened(open_backend, codecs) as backend:
+            if not isinstance(backend, RecodableBackend):
+                pytest.skip(f"{type(backend).__name__} is not a RecodableBackend")
+            yield backend
+
+    @pytest.mark.anyio
+    async def test_scan_values_returns_every_value_once_in_order_across_pages(
+        self, open_backend: OpenBackend
+    ) -> None:
+        sealed = Sealed()
+        async with self.recodable(open_backend, CodecPipeline([("sealed", sealed)])) as backend:
+            await backend.store_batch(
+                [PutRecord(m, k, LWWRecord(f"{m}/{k}", ts(1))) for m in ("b", "a") for k in KEYS]
+                + [PutRecord("a", "dead", LWWRecord(None, ts(1)))]
+                + [AddORRecord("o", k, or_record(k, ts(i + 1))) for i, k in enumerate(KEYS)]
+                + [AddORRecord("o", "k", or_record("second", ts(99)))]
+                + [PutMeta("ns", k, k.encode()) for k in KEYS]
+            )
+            total = await backend.count_values()
+            seen: list[StoredValue] = []
+            after = None
+            while page := await backend.scan_values(after, 3):
+                assert len(page) <= 3
+                seen += page
+                after = page[-1]
+        assert total == len(seen) == 2 * len(KEYS) + len(KEYS) + 1 + len(KEYS)
+        positions = [value.position() for value in seen]
+        assert positions == sorted(positions)
+        assert len(set(positions)) == len(positions)
+        codecs = CodecPipeline([("sealed", Sealed())])
+        decoded = {
+            (v.context.area, v.context.name, v.context.key, v.tag): codecs.decode(v.data, v.context)
+            for v in seen
+        }
+        assert decoded[("lww", "a", "", None)] == msgspec.msgpack.encode("a/")
+        assert decoded[("ormap", "o", "k", str(ts(99)))] == msgspec.msgpack.encode("second")
+        assert decoded[("meta", "ns", "emoji 😀", None)] == "emoji 😀".encode()
+        assert ("lww", "a", "dead", None) not in decoded  # tombstones hold no value
+
+    @pytest.mark.anyio
+    async def test_replace_values_swaps_only_bytes_still_stored(
+        self, open_backend: OpenBackend
+    ) -> None:
+        plain = CodecPipeline()  # no codecs: the stored bytes are the values' msgpack
+        async with self.recodable(open_backend, plain) as backend:
+            await backend.store_batch(
+                [
+                    PutRecord("m", "k", LWWRecord("old", ts(1))),
+                    PutRecord("m", "raced", LWWRecord("old", ts(1))),
+                    AddORRecord("o", "k", or_record("old", ts(1))),
+                    PutMeta("ns", "k", b"old"),
+                ]
+            )
+            scanned = await backend.scan_values(None, 100)
+            await backend.store_batch([PutRecord("m", "raced", LWWRecord("newer", ts(2)))])
+            new = {value.context.area: msgspec.msgpack.encode("new") for value in scanned} | {
+                "meta": b"new"
+            }
+            replaced = await backend.replace_values(
+                [(value, new[value.context.area]) for value in scanned]
+            )
+            assert replaced == 3  # the raced value was rewritten in between: left alone
+        async with self.opened(open_backend, plain) as backend:
+            assert await _lww(backend, "m") == {
+                "k": LWWRecord("new", ts(1)),
+                "raced": LWWRecord("newer", ts(2)),
+            }
+            assert await _or(backend, "o") == {"k": [or_record("new", ts(1))]}
+            assert await backend.load_meta("ns") == {"k": b"new"}
 
     # --- the writer over this backend: restart durability ------------------------------
 

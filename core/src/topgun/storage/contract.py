@@ -326,6 +326,52 @@ class StorageBackend(Protocol):
         ...
 
 
+class StoredValue(msgspec.Struct, frozen=True):
+    """One persisted value as the backend holds it: the bytes the codecs made, and where.
+
+    What `RecodableBackend.scan_values` returns and `replace_values` takes back."""
+
+    context: CodecContext
+    """The area, map (or meta namespace) and key the value belongs to."""
+    tag: str | None
+    """The record's tag in an OR-Map; `None` for LWW records and meta values."""
+    data: bytes
+    """The stored bytes (the output of the codec pipeline)."""
+
+    def position(self) -> tuple[int, str, str, str]:
+        """Where the value sorts in a scan: area (LWW, OR-Map, meta), name, key, tag."""
+        return (_AREA_RANK[self.context.area], self.context.name, self.context.key, self.tag or "")
+
+
+_AREA_RANK: dict[str, int] = {"lww": 0, "ormap": 1, "meta": 2}
+
+
+@runtime_checkable
+class RecodableBackend(StorageBackend, Protocol):
+    """A storage backend whose stored value bytes can be read and re-encoded in place: what key
+    rotation (re-encrypting every value with a new key) needs, since the changes of the
+    contract never rewrite a record with the same timestamp.
+
+    Tombstones (no value) are not scanned. `replace_values` swaps bytes only where the
+    stored ones are still those scanned, in one transaction, so a write that landed in
+    between is never overwritten with older bytes.
+    """
+
+    async def count_values(self) -> int:
+        """How many values `scan_values` would return in all."""
+        ...
+
+    async def scan_values(self, after: StoredValue | None, limit: int) -> list[StoredValue]:
+        """The next `limit` stored values after `after` (from the start when `None`), in
+        `StoredValue.position` order: a scan resumes from the last value it returned."""
+        ...
+
+    async def replace_values(self, replacements: Sequence[tuple[StoredValue, bytes]]) -> int:
+        """Store each pair's new bytes where its value is still stored with the scanned
+        bytes (compare and swap, one transaction); return how many were replaced."""
+        ...
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """What a backend factory (and a wrapper) is built from."""

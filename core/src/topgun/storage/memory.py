@@ -35,6 +35,7 @@ from topgun.storage.contract import (
     PutRecord,
     RemoveORTag,
     StorageBackend,
+    StoredValue,
     check_batch,
     encoded_value,
     kind_mismatch,
@@ -177,6 +178,64 @@ class MemoryBackend:
 
     async def delete(self, name: str, keys: Iterable[str]) -> None:
         await self.store_batch([DeleteKey(name, key) for key in keys])
+
+    # --- re-encoding in place (`RecodableBackend`) ---------------------------------------
+
+    def _values(self) -> list[StoredValue]:
+        """Every stored value, in scan order."""
+        store = self._check_open()
+        found = [
+            StoredValue(_ctx("lww", name, key), None, blob)
+            for name in sorted(store.lww)
+            for key, (blob, _, _) in sorted(store.lww[name].items())
+            if blob is not None
+        ]
+        found += [
+            StoredValue(_ctx("ormap", name, key), tag, blob)
+            for name in sorted(store.or_records)
+            for key, tags in sorted(store.or_records[name].items())
+            for tag, (blob, _, _) in sorted(tags.items())
+        ]
+        found += [
+            StoredValue(_ctx("meta", namespace, key), None, blob)
+            for namespace in sorted(store.meta)
+            for key, blob in sorted(store.meta[namespace].items())
+        ]
+        return found
+
+    async def count_values(self) -> int:
+        return len(self._values())
+
+    async def scan_values(self, after: StoredValue | None, limit: int) -> list[StoredValue]:
+        values = self._values()
+        if after is not None:
+            start = after.position()
+            values = [value for value in values if value.position() > start]
+        return values[:limit]
+
+    async def replace_values(self, replacements: Sequence[tuple[StoredValue, bytes]]) -> int:
+        store = self._check_open()
+        replaced = 0
+        for old, new in replacements:
+            context = old.context
+            if context.area == "meta":
+                rows = store.meta.get(context.name, {})
+                if rows.get(context.key) == old.data:
+                    rows[context.key] = new
+                    replaced += 1
+            elif context.area == "lww":
+                lww = store.lww.get(context.name, {})
+                row = lww.get(context.key)
+                if row is not None and row[0] == old.data:
+                    lww[context.key] = (new, row[1], row[2])
+                    replaced += 1
+            else:
+                tags = store.or_records.get(context.name, {}).get(context.key, {})
+                or_row = tags.get(old.tag or "")
+                if or_row is not None and or_row[0] == old.data:
+                    tags[old.tag or ""] = (new, or_row[1], or_row[2])
+                    replaced += 1
+        return replaced
 
 
 def _ctx(area: Area, name: str, key: str) -> CodecContext:

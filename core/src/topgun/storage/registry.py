@@ -37,11 +37,14 @@ def _checked_backend(result: object, what: str) -> StorageBackend:
     return result
 
 
-def codec_pipeline(pm: pluggy.PluginManager, names: Sequence[str]) -> CodecPipeline:
-    """The pipeline of the codecs `names` (in encoding order), as plugins registered them."""
+def codec_pipeline(
+    pm: pluggy.PluginManager, names: Sequence[str], *, config: Any = None
+) -> CodecPipeline:
+    """The pipeline of the codecs `names` (in encoding order), as plugins registered them
+    when given `config` (the server configuration, or `None`)."""
     if len(set(names)) != len(names):
         raise StorageConfigError(f"the codec list {list(names)} names a codec more than once")
-    registered = collect_registrations(pm.hook.register_codecs)
+    registered = collect_registrations(pm.hook.register_codecs, config=config)
     return CodecPipeline((name, _chosen("codec", name, registered).obj) for name in names)
 
 
@@ -53,20 +56,39 @@ def open_storage(
     codecs: Sequence[str] = (),
     wrappers: Sequence[str] = (),
     options: Mapping[str, Any] | None = None,
+    config: Any = None,
 ) -> StorageBackend:
     """Build the configured backend, with its codecs, wrapped in `wrappers` (innermost
-    first). The result is not initialized yet: call `await backend.initialize()`."""
+    first). `config` is the server configuration codec plugins read their sections from
+    (`None`: none). The result is not initialized yet: call `await backend.initialize()`."""
     registered = collect_registrations(pm.hook.register_storage)
     chosen = _chosen("storage backend", backend, registered)
-    config = BackendConfig(Path(data_dir), codec_pipeline(pm, codecs), dict(options or {}))
+    pipeline = codec_pipeline(pm, codecs, config=config)
+    backend_config = BackendConfig(Path(data_dir), pipeline, dict(options or {}))
     result = _checked_backend(
-        chosen.obj(config), f"storage backend {backend!r} (plugin {chosen.plugin})"
+        chosen.obj(backend_config), f"storage backend {backend!r} (plugin {chosen.plugin})"
     )
     if wrappers:
         wrapping = collect_registrations(pm.hook.register_storage_wrappers)
         for name in wrappers:
             wrapper = _chosen("storage wrapper", name, wrapping)
             result = _checked_backend(
-                wrapper.obj(result, config), f"storage wrapper {name!r} (plugin {wrapper.plugin})"
+                wrapper.obj(result, backend_config),
+                f"storage wrapper {name!r} (plugin {wrapper.plugin})",
             )
     return result
+
+
+def open_configured_storage(pm: pluggy.PluginManager, config: Any) -> StorageBackend:
+    """`open_storage` as a server configuration (`topgun.server.ServerConfig`) says: its
+    data directory, `[storage]` table, and plugin sections for the codecs."""
+    storage = config.storage
+    return open_storage(
+        pm,
+        data_dir=config.data_dir,
+        backend=storage.backend,
+        codecs=storage.codecs,
+        wrappers=storage.wrappers,
+        options=storage.options,
+        config=config,
+    )

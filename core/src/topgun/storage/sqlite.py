@@ -48,6 +48,7 @@ from topgun.storage.contract import (
     PutRecord,
     RemoveORTag,
     StorageBackend,
+    StoredValue,
     check_batch,
     encoded_value,
     kind_mismatch,
@@ -410,6 +411,119 @@ class SQLiteBackend:
                     pass
             values.append(encoded_value(change, codecs))
         return values
+
+    # --- re-encoding in place (`RecodableBackend`) ---------------------------------------
+
+    async def count_values(self) -> int:
+        return await self._call(self._count_values)
+
+    def _count_values(self) -> int:
+        conn = self._connection()
+        with self._translated("counting values"):
+            return int(
+                conn.execute(
+                    "SELECT (SELECT count(*) FROM lww_records WHERE value IS NOT NULL)"
+                    " + (SELECT count(*) FROM or_records) + (SELECT count(*) FROM meta)"
+                ).fetchone()[0]
+            )
+
+    async def scan_values(self, after: StoredValue | None, limit: int) -> list[StoredValue]:
+        return await self._call(self._scan_values, after, limit)
+
+    def _scan_values(self, after: StoredValue | None, limit: int) -> list[StoredValue]:
+        """Map by map in name order, each read along its primary key from where the scan
+        stopped, so every page costs its own size, whatever the table holds."""
+        conn = self._connection()
+        rank, name, key, tag = after.position() if after is not None else (0, "", "", "")
+        found: list[StoredValue] = []
+        with self._translated("scanning stored values"):
+            for area_rank, area in enumerate(("lww", "ormap")):
+                if area_rank < rank:
+                    continue
+                for map_name, (map_id, kind) in sorted(self._maps.items()):
+                    if kind != area or (area_rank == rank and map_name < name):
+                        continue
+                    resume = area_rank == rank and map_name == name
+                    found += self._scan_map(
+                        conn, area, map_name, map_id, resume, key, tag, limit - len(found)
+                    )
+                    if len(found) >= limit:
+                        return found
+            where, params = (
+                ("WHERE (namespace, key) > (?, ?)", [name, key]) if rank == 2 else ("", [])
+            )
+            rows = conn.execute(
+                f"SELECT namespace, key, value FROM meta {where} ORDER BY namespace, key LIMIT ?",
+                (*params, limit - len(found)),
+            )
+            found += [StoredValue(CodecContext("meta", ns, k), None, blob) for ns, k, blob in rows]
+        return found
+
+    @staticmethod
+    def _scan_map(
+        conn: sqlite3.Connection,
+        area: Literal["lww", "ormap"],
+        name: str,
+        map_id: int,
+        resume: bool,
+        key: str,
+        tag: str,
+        limit: int,
+    ) -> list[StoredValue]:
+        if area == "lww":
+            where, params = (" AND key > ?", [key]) if resume else ("", [])
+            rows = conn.execute(
+                f"SELECT key, NULL, value FROM lww_records WHERE map_id = ?{where}"
+                " AND value IS NOT NULL ORDER BY key LIMIT ?",
+                (map_id, *params, limit),
+            )
+        else:
+            where, params = (" AND (key, tag) > (?, ?)", [key, tag]) if resume else ("", [])
+            rows = conn.execute(
+                f"SELECT key, tag, value FROM or_records WHERE map_id = ?{where}"
+                " ORDER BY key, tag LIMIT ?",
+                (map_id, *params, limit),
+            )
+        return [StoredValue(CodecContext(area, name, k), t, blob) for k, t, blob in rows]
+
+    async def replace_values(self, replacements: Sequence[tuple[StoredValue, bytes]]) -> int:
+        return await self._call(self._replace_values, list(replacements))
+
+    def _replace_values(self, replacements: list[tuple[StoredValue, bytes]]) -> int:
+        conn = self._connection()
+        replaced = 0
+        with self._translated(f"replacing {len(replacements)} value(s)"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for old, new in replacements:
+                    context = old.context
+                    if context.area == "meta":
+                        cursor = conn.execute(
+                            "UPDATE meta SET value = ? WHERE namespace = ? AND key = ?"
+                            " AND value = ?",
+                            (new, context.name, context.key, old.data),
+                        )
+                    elif (found := self._maps.get(context.name)) is None:
+                        continue
+                    elif context.area == "lww":
+                        cursor = conn.execute(
+                            "UPDATE lww_records SET value = ? WHERE map_id = ? AND key = ?"
+                            " AND value = ?",
+                            (new, found[0], context.key, old.data),
+                        )
+                    else:
+                        cursor = conn.execute(
+                            "UPDATE or_records SET value = ? WHERE map_id = ? AND key = ?"
+                            " AND tag = ? AND value = ?",
+                            (new, found[0], context.key, old.tag, old.data),
+                        )
+                    replaced += cursor.rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return replaced
 
     @staticmethod
     def _flush(
