@@ -74,7 +74,9 @@ async def on_shutdown(server: Any) -> None:
 
     service = getattr(server, "vector", None)
     if isinstance(service, VectorService):
-        await anyio.to_thread.run_sync(service.save)
+        # Shielded: the server's task group, which this runs inside, is already cancelled.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(service.save)
 
 
 @hookimpl

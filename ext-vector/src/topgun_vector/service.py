@@ -275,12 +275,20 @@ class VectorService:
             kept = [(k, s) for k, s in zip(batch, sources, strict=True) if s is not None]
             labels = target.index.reserve_labels(len(kept))
 
-            def work(kept: list[tuple[str, str | bytes]] = kept, labels: Any = labels) -> None:
+            def work(kept: list[tuple[str, str | bytes]] = kept, labels: Any = labels) -> Any:
                 vectors = self._vectors(target, [s for _, s in kept])
-                target.index.add_vectors(labels, vectors)
+                usable = np.linalg.norm(vectors, axis=1) > 0  # a text with nothing to embed
+                target.index.add_vectors(labels[usable], vectors[usable])
+                return usable
 
-            await anyio.to_thread.run_sync(work)
-            target.index.commit([k for k, _ in kept], labels, [fingerprint(s) for _, s in kept])
+            usable = await anyio.to_thread.run_sync(work)
+            for (key, _), ok in zip(kept, usable.tolist(), strict=True):
+                if not ok:
+                    target.index.remove(key)
+            good = [pair for pair, ok in zip(kept, usable.tolist(), strict=True) if ok]
+            target.index.commit(
+                [k for k, _ in good], labels[usable], [fingerprint(s) for _, s in good]
+            )
             if progress is not None:
                 progress(len(batch))
 
@@ -331,14 +339,17 @@ class VectorService:
                 raise VectorSearchError("weights must be finite and >= 0")
         text: str | None = None
         vector: Vectors | None = None
-        if isinstance(request.query, bytes):
-            problem = vector_error(request.query, target.index.dimensions)
+        if (request.query is None) == (request.vector is None):
+            raise VectorSearchError("give exactly one of query (text) and vector")
+        if request.vector is not None:
+            problem = vector_error(request.vector, target.index.dimensions)
             if problem is not None:
-                raise VectorSearchError(f"query vector {problem}")
-            vector = unit(request.query)
-        elif request.query.strip():
+                raise VectorSearchError(f"vector {problem}")
+            vector = unit(request.vector)
+        elif request.query is not None and request.query.strip():
             text = request.query
-            (vector,) = await anyio.to_thread.run_sync(self.embedder.embed, [text])
+            (embedded,) = await anyio.to_thread.run_sync(self.embedder.embed, [text])
+            vector = embedded if float(np.linalg.norm(embedded)) > 0 else None
         return _Plan(
             request.map_name,
             target,
@@ -352,8 +363,6 @@ class VectorService:
 
     def rank(self, plan: _Plan, fields: FieldFilter) -> tuple[list[Ranked], int]:
         """The results of `plan` for a reader seeing `fields`, and the candidate count."""
-        if plan.vector is None:
-            return [], 0
         maps = self.server.maps
 
         def visible(key: str) -> Any:
@@ -371,7 +380,11 @@ class VectorService:
         hybrid = text_index is not None and plan.weights[1] > 0
         depth = max(plan.k, HYBRID_LIST_MIN) if hybrid else plan.k
         index = plan.target.index
-        if allowed is not None and len(allowed) <= self.config.exact_below:
+        if plan.vector is None:
+            if not hybrid:
+                return [], 0
+            nearest = []
+        elif allowed is not None and len(allowed) <= self.config.exact_below:
             nearest = index.exact(plan.vector, allowed)
         else:
             nearest = self._filtered(index, plan.vector, depth, allowed)
@@ -423,7 +436,7 @@ class VectorService:
             value = current_value(self.server.maps, map_name, r.key)
             shown = WITHHELD if value is ABSENT else fields.apply(value)
             if shown is not WITHHELD:
-                rows.append(VectorHit(r.key, shown, r.score, r.similarity, r.matched_terms))
+                rows.append(VectorHit(r.key, shown, r.score, r.matched_terms, r.similarity))
         return rows
 
     # -- live vector searches ----------------------------------------------------------------

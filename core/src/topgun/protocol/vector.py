@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
-import msgspec
 from msgspec import Meta
 
 from topgun.protocol.message import Message, Wire
@@ -49,14 +48,15 @@ class VectorWeights(Wire):
 
 
 class VectorQuery(Wire):
-    """What a vector search asks. `query` is text (embedded by the server, and also the
-    full-text query of a hybrid search) or a vector as little-endian float32 bytes. `field`
-    picks one of the map's vector indexes (absent: its first). `predicate` (or the legacy
-    `where`) is an exact filter (§7): only rows satisfying it are ranked. Only results with
-    a score of at least `minScore` are kept."""
+    """What a vector search asks: exactly one of `query`, a text (embedded by the server,
+    and also the full-text query of a hybrid search), and `vector`, little-endian float32
+    bytes. `field` picks one of the map's vector indexes (absent: its first). `predicate`
+    (or the legacy `where`) is an exact filter (§7): only rows satisfying it are ranked.
+    Only results with a score of at least `minScore` are kept."""
 
     map_name: str
-    query: str | bytes
+    query: str | None = None
+    vector: bytes | None = None
     field: str | None = None
     k: Annotated[int, Meta(ge=1, le=MAX_VECTOR_K)] = 10
     predicate: PredicateNode | None = None
@@ -83,8 +83,8 @@ class VectorHit(Wire):
     key: str
     value: Any
     score: float
+    matched_terms: list[str]
     similarity: float | None = None
-    matched_terms: list[str] = msgspec.field(default_factory=list)
 
 
 class VectorSearchRespPayload(Wire):
