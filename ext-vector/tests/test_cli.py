@@ -34,17 +34,20 @@ async def store_rows(data_dir: Path, rows: dict[str, dict[str, str]]) -> None:
         auth=AuthConfig(jwt_secret=Secret(SECRET)),
     )
     pm = make_plugin_manager(entry_points=(), environ={})
-    async with anyio.create_task_group() as tg, Server(config, pm=pm) as server:
-        async with InMemoryClient.connect(server, tg) as client:
-            assert isinstance(await client.receive(), AuthRequired)
-            await client.send(Auth(token=jwt.encode({"sub": "a", "roles": ["ADMIN"]}, SECRET)))
-            assert isinstance(await client.receive(), AuthAck)
-            ops = [
-                ClientOp(map_name="docs", key=k, record=LWWRecord(v, Timestamp(1, i, "a")))
-                for i, (k, v) in enumerate(rows.items())
-            ]
-            await client.send(OpBatch(payload=OpBatchPayload(ops=ops)))
-            await client.receive_until(OpAck)
+    async with (
+        anyio.create_task_group() as tg,
+        Server(config, pm=pm) as server,
+        InMemoryClient.connect(server, tg) as client,
+    ):
+        assert isinstance(await client.receive(), AuthRequired)
+        await client.send(Auth(token=jwt.encode({"sub": "a", "roles": ["ADMIN"]}, SECRET)))
+        assert isinstance(await client.receive(), AuthAck)
+        ops = [
+            ClientOp(map_name="docs", key=k, record=LWWRecord(v, Timestamp(1, i, "a")))
+            for i, (k, v) in enumerate(rows.items())
+        ]
+        await client.send(OpBatch(payload=OpBatchPayload(ops=ops)))
+        await client.receive_until(OpAck)
 
 
 def test_rebuild_embeds_every_row_and_writes_snapshots(tmp_path: Path) -> None:
