@@ -48,6 +48,8 @@ from .conftest import DEADLINE, mint, plugin_manager
 pytestmark = pytest.mark.anyio
 
 NOW = 1_795_657_330_662
+MODEL_DEADLINE = DEADLINE * 12
+"""Seconds for anything that embeds (a model on a loaded 2-core machine); never a sleep."""
 
 
 def put(key: str, value: Any, counter: int, map_name: str = "docs") -> ClientOp:
@@ -75,7 +77,7 @@ async def vsearch(
         options["query"] = query
     payload = VectorSearchPayload(request_id=request_id, map_name="docs", **options)
     await client.send(VectorSearch(payload=payload))
-    response = await client.expect(VectorSearchResp)
+    response = await client.expect(VectorSearchResp, timeout=MODEL_DEADLINE)
     assert response.payload.request_id == request_id
     return response.payload
 
@@ -87,7 +89,7 @@ def service_of(live: Any) -> VectorService:
 
 
 async def settled(live: Any) -> None:
-    with anyio.fail_after(DEADLINE * 4):
+    with anyio.fail_after(MODEL_DEADLINE):
         await service_of(live).settled()
 
 
@@ -401,7 +403,7 @@ async def test_live_vector_search_sends_enter_and_leave(start_server: Any) -> No
         assert [r.key for r in first.payload.results] == ["a"]
 
         await write(writer, put("b", {"text": "merkle merkle"}, 2))
-        update = await watcher.expect(VectorSearchUpdate)
+        update = await watcher.expect(VectorSearchUpdate, timeout=MODEL_DEADLINE)
         assert (update.payload.key, update.payload.type, update.payload.change_type) == (
             "b",
             "ENTER",
@@ -410,7 +412,7 @@ async def test_live_vector_search_sends_enter_and_leave(start_server: Any) -> No
         assert update.payload.value == {"text": "merkle merkle"}
 
         await write(writer, remove("a", 3))
-        update = await watcher.expect(VectorSearchUpdate)
+        update = await watcher.expect(VectorSearchUpdate, timeout=MODEL_DEADLINE)
         assert (update.payload.key, update.payload.type, update.payload.value) == (
             "a",
             "LEAVE",
