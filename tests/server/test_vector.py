@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from topgun.protocol import (
     OpBatch,
     OpBatchPayload,
     OpRejected,
+    Ping,
+    Pong,
     PredicateNode,
     VectorSearch,
     VectorSearchPayload,
@@ -531,3 +534,38 @@ def test_snapshot_files_live_under_the_data_dir(tmp_path: Path) -> None:
     path = snapshot_path(tmp_path, "a/b", "f")
     assert path.parent == tmp_path / "vector"
     assert "/" not in path.name
+
+
+class Gate:
+    """A `hash` embedder that blocks (on its worker thread) until the test opens the gate."""
+
+    name = "gate"
+    dimensions = 64
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.opened = threading.Event()
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.started.set()
+        self.opened.wait(MODEL_DEADLINE)
+        return HashEmbedder(64).embed(texts)
+
+
+async def test_embedding_never_blocks_the_event_loop(start_server: Any) -> None:
+    gate = Gate()
+    config = {"vector": VectorConfig(embedder="fixed", maps={"docs": VectorMapConfig(("text",))})}
+    async with start_server(pm=vector_pm(Fixed(gate)), sections=config) as live:
+        client = await live.client()
+        await write(client, put("a", {"text": "merkle trees"}, 1))
+        assert await anyio.to_thread.run_sync(gate.started.wait, MODEL_DEADLINE)
+        # The embedder is stuck on its thread; the server still answers everything else.
+        await client.send(Ping(timestamp=1.0))
+        assert (await client.expect(Pong)).ping_timestamp == 1.0
+        await write(client, put("b", {"other": 1}, 2))
+        found = await vsearch(client, HashEmbedder(64).embed(["merkle"])[0].tobytes())
+        assert found.results == []  # not indexed yet
+        gate.opened.set()
+        await settled(live)
+        found = await vsearch(client, HashEmbedder(64).embed(["merkle"])[0].tobytes())
+        assert [r.key for r in found.results] == ["a"]
