@@ -9,6 +9,10 @@ A snapshot is one msgpack file written atomically (temporary file, then rename):
 embedder's name and dimensions, the key table and the serialized usearch index. A snapshot
 that is unreadable, or was made by another embedder or with other dimensions, is ignored and
 the index is rebuilt from the map.
+
+usearch may reallocate while inserting, which must not overlap a search: a lock guards every
+call into the index. Inserts (on a worker thread) take it a few vectors at a time, so a search
+on the event loop waits at most one small chunk.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +36,8 @@ __all__ = ["SNAPSHOT_VERSION", "VectorIndex", "fingerprint"]
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION: Final = 1
+INSERT_CHUNK: Final = 16
+"""Vectors inserted per hold of the index lock."""
 
 
 def fingerprint(source: str | bytes) -> bytes:
@@ -70,6 +77,7 @@ class VectorIndex:
         self._keys: dict[int, str] = {}
         self._fingerprints: dict[str, bytes] = {}
         self._next_label = 0
+        self._lock = threading.Lock()
         self.dirty = False
         """Changed since the last snapshot was written or loaded."""
 
@@ -106,8 +114,10 @@ class VectorIndex:
     def add_vectors(self, labels: np.ndarray, vectors: Vectors) -> None:
         """Insert vectors under fresh labels, not yet visible to searches (worker thread;
         `commit` then makes them the keys' vectors)."""
-        if len(labels):
-            self._index.add(labels, vectors, threads=1)
+        for start in range(0, len(labels), INSERT_CHUNK):
+            end = start + INSERT_CHUNK
+            with self._lock:
+                self._index.add(labels[start:end], vectors[start:end], threads=1)
 
     def commit(self, keys: Sequence[str], labels: np.ndarray, prints: Sequence[bytes]) -> None:
         """Make `labels` (added by `add_vectors`) the vectors of `keys` (loop thread)."""
@@ -131,7 +141,8 @@ class VectorIndex:
             return
         del self._keys[label]
         self._fingerprints.pop(key, None)
-        self._index.remove(label)
+        with self._lock:
+            self._index.remove(label)
         self.dirty = True
 
     def vectors(self, keys: Sequence[str]) -> Vectors:
@@ -139,7 +150,8 @@ class VectorIndex:
         if not keys:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         labels = np.array([self._labels[k] for k in keys], dtype=np.uint64)
-        found = self._index.get(labels)
+        with self._lock:
+            found = self._index.get(labels)
         return np.asarray(found, dtype=np.float32).reshape(len(keys), self.dimensions)
 
     def search(self, query: Vectors, count: int) -> list[tuple[str, float]]:
@@ -148,8 +160,9 @@ class VectorIndex:
         count = min(count, len(self._labels))
         if count <= 0:
             return []
-        self._index.expansion_search = max(self.expansion_search, count)  # type: ignore[misc]
-        matches = self._index.search(query, count, threads=1)
+        with self._lock:
+            self._index.expansion_search = max(self.expansion_search, count)  # type: ignore[misc]
+            matches = self._index.search(query, count, threads=1)
         found: list[tuple[str, float]] = []
         for label, distance in zip(matches.keys.tolist(), matches.distances.tolist(), strict=True):
             key = self._keys.get(label)
@@ -169,14 +182,16 @@ class VectorIndex:
     @property
     def memory_bytes(self) -> int:
         """usearch's own estimate of the index's memory (vectors and graph)."""
-        return int(self._index.memory_usage)
+        with self._lock:
+            return int(self._index.memory_usage)
 
     # -- snapshots ---------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
         """The index as snapshot bytes (no concurrent changes while this runs)."""
         keys = [(k, label, self._fingerprints[k]) for k, label in self._labels.items()]
-        raw = self._index.save()
+        with self._lock:
+            raw = self._index.save()
         assert raw is not None
         return msgspec.msgpack.encode(
             _Snapshot(
