@@ -29,6 +29,10 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".topgun-setup-stamp"
+# PyTorch for sentence-transformers (ext-vector). Installed on its own, before the workspace,
+# so that pip takes this exact CPU build instead of resolving a several-GB CUDA build for
+# sentence-transformers' unpinned `torch`. Never pinned in any package's metadata.
+TORCH = "2.13.0"
 
 
 def _root_config() -> dict:
@@ -70,6 +74,7 @@ def setup() -> None:
     if not PYTHON.exists():
         print(f"dev.py: creating {VENV.relative_to(ROOT)}", flush=True)
         venv.create(VENV, with_pip=True)
+    _install_torch()
     dev_group = _root_config().get("dependency-groups", {}).get("dev", [])
     cmd = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     for d in dists:
@@ -79,6 +84,20 @@ def setup() -> None:
     if _run(cmd) != 0:
         sys.exit("dev.py: pip install failed (see above)")
     STAMP.write_text(stamp)
+
+
+def _install_torch() -> None:
+    """`pip install torch==TORCH` unless that version is already in .venv (a cheap check)."""
+    probe = "import importlib.metadata as m; print(m.version('torch'))"
+    found = subprocess.run(
+        [str(PYTHON), "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if found.split("+")[0] == TORCH:
+        return
+    print(f"dev.py: installing torch=={TORCH} (CPU build)", flush=True)
+    cmd = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    if _run([*cmd, f"torch=={TORCH}"]) != 0:
+        sys.exit("dev.py: pip install torch failed (see above)")
 
 
 def _venv_env() -> dict[str, str]:
@@ -103,6 +122,7 @@ def test(args: list[str]) -> int:
                 "ext-audit/src/topgun_audit",
                 "ext-crypto/src",
                 "ext-compress/src",
+                "ext-vector/src/topgun_vector",
             ],
         ),
         ("mkdocs", [str(BIN / "mkdocs"), "build", "--strict", "--quiet", "-d", str(VENV / "site")]),

@@ -160,6 +160,18 @@ from topgun.protocol import (
     TopicUnsub,
     UnregisterResolver,
     UnregisterResolverResponse,
+    VectorHit,
+    VectorSearch,
+    VectorSearchPayload,
+    VectorSearchResp,
+    VectorSearchRespPayload,
+    VectorSearchSub,
+    VectorSearchSubPayload,
+    VectorSearchUnsub,
+    VectorSearchUnsubPayload,
+    VectorSearchUpdate,
+    VectorSearchUpdatePayload,
+    VectorWeights,
     decode_client_frame,
     decode_json,
     decode_msgpack,
@@ -290,6 +302,25 @@ CLIENT_SAMPLES: list[Message] = [
     JournalUnsubscribe(subscription_id="j1"),
     JournalRead(request_id="j2", from_sequence="0", limit=100, map_name="m"),
     PartitionMapRequest(payload=PartitionMapRequestPayload(current_version=3)),
+    VectorSearch(
+        payload=VectorSearchPayload(
+            request_id="v1",
+            map_name="docs",
+            query="merkle trees",
+            k=5,
+            predicate=PredicateNode(op="eq", attribute="lang", value="en"),
+            weights=VectorWeights(vector=1.0, text=0.5),
+        )
+    ),
+    VectorSearch(
+        payload=VectorSearchPayload(
+            request_id="v2", map_name="docs", vector=b"\x00\x00\x80?" * 3, field="embedding"
+        )
+    ),
+    VectorSearchSub(
+        payload=VectorSearchSubPayload(subscription_id="vs1", map_name="docs", query="sync")
+    ),
+    VectorSearchUnsub(payload=VectorSearchUnsubPayload(subscription_id="vs1")),
 ]
 
 SERVER_SAMPLES: list[Message] = [
@@ -471,6 +502,29 @@ SERVER_SAMPLES: list[Message] = [
         )
     ),
     GcPrune(payload=GcPrunePayload(older_than=Timestamp(1793065330662, 0, ""))),
+    VectorSearchResp(
+        payload=VectorSearchRespPayload(
+            request_id="v1",
+            results=[VectorHit("a1", {"body": "merkle"}, 0.03, ["merkl"], 0.91)],
+            total_count=1,
+        )
+    ),
+    VectorSearchResp(
+        payload=VectorSearchRespPayload(
+            request_id="v2", results=[], total_count=0, error="Unknown vector field: 'x'"
+        )
+    ),
+    VectorSearchUpdate(
+        payload=VectorSearchUpdatePayload(
+            subscription_id="vs1",
+            key="a1",
+            value=None,
+            score=0.5,
+            type="LEAVE",
+            change_type="LEAVE",
+            similarity=0.5,
+        )
+    ),
 ]
 
 BODY_SAMPLES: list[msgspec.Struct] = [

@@ -295,6 +295,21 @@ def register_search_providers(register: Register[Any]) -> None:
     """
 
 
+@hookspec
+def register_embedders(register: Register[Any]) -> None:
+    """Called when vector search (the `topgun-vector` distribution) starts, to learn the
+    embedders that turn text into vectors.
+
+    Call `register(name, factory)`: `factory(model)` returns an embedder for `model` (a
+    model name or local path from the `[vector]` configuration; `None` for the embedder's
+    default) — an object with `name: str`, `dimensions: int` and a blocking
+    `embed(texts) -> numpy float32 array (len(texts), dimensions)` of unit vectors, which
+    the server calls on a worker thread. The configuration's `vector.embedder` picks one
+    by name (`topgun_vector` registers `sentence-transformers` and `hash`). Returns
+    nothing. Sync only. Called with `collect_registrations`.
+    """
+
+
 # --- processors and resolvers --------------------------------------------------------
 
 

@@ -2,8 +2,9 @@
 
 The normative specification is docs/spec/protocol-v2.md (PROTOCOL.md). Messages are grouped by
 area (`auth`, `writes`, `events`, `sync`, `queries`, `search`, `topics`, `locks`, `counters`,
-`processors`, `journal`, `partitions`, `http_sync`); `catalogue` says which direction each one
-travels; `codec` turns frames into messages and back; `coalesce` batches outbound frames.
+`processors`, `journal`, `partitions`, `http_sync`, and the `vector` extension); `catalogue`
+says which direction each one travels; `codec` turns frames into messages and back;
+`coalesce` batches outbound frames.
 """
 
 from __future__ import annotations
@@ -220,6 +221,22 @@ from topgun.protocol.topics import (
     TopicSubPayload,
     TopicUnsub,
 )
+from topgun.protocol.vector import (
+    MAX_VECTOR_K,
+    VectorHit,
+    VectorQuery,
+    VectorSearch,
+    VectorSearchPayload,
+    VectorSearchResp,
+    VectorSearchRespPayload,
+    VectorSearchSub,
+    VectorSearchSubPayload,
+    VectorSearchUnsub,
+    VectorSearchUnsubPayload,
+    VectorSearchUpdate,
+    VectorSearchUpdatePayload,
+    VectorWeights,
+)
 from topgun.protocol.writes import (
     WRITE_CONCERN_LEVELS,
     ClientOp,
@@ -245,6 +262,7 @@ __all__ = [
     "DEFAULT_MAX_DELAY_MS",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_FRAME_BYTES",
+    "MAX_VECTOR_K",
     "SERVER_MESSAGE_TYPES",
     "URGENT_MESSAGE_TYPES",
     "WRITE_CONCERN_LEVELS",
@@ -418,6 +436,19 @@ __all__ = [
     "TopicUnsub",
     "UnregisterResolver",
     "UnregisterResolverResponse",
+    "VectorHit",
+    "VectorQuery",
+    "VectorSearch",
+    "VectorSearchPayload",
+    "VectorSearchResp",
+    "VectorSearchRespPayload",
+    "VectorSearchSub",
+    "VectorSearchSubPayload",
+    "VectorSearchUnsub",
+    "VectorSearchUnsubPayload",
+    "VectorSearchUpdate",
+    "VectorSearchUpdatePayload",
+    "VectorWeights",
     "Wire",
     "WriteConcern",
     "decode_client_frame",

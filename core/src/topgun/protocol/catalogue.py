@@ -73,6 +73,13 @@ from topgun.protocol.sync import (
     SyncRespRoot,
 )
 from topgun.protocol.topics import TopicMessage, TopicPub, TopicSub, TopicUnsub
+from topgun.protocol.vector import (
+    VectorSearch,
+    VectorSearchResp,
+    VectorSearchSub,
+    VectorSearchUnsub,
+    VectorSearchUpdate,
+)
 from topgun.protocol.writes import (
     ClientOpMessage,
     MergeRejected,
@@ -124,6 +131,9 @@ ClientMessage: TypeAlias = (
     | JournalUnsubscribe
     | JournalRead
     | PartitionMapRequest
+    | VectorSearch
+    | VectorSearchSub
+    | VectorSearchUnsub
 )
 """Every client→server message."""
 
@@ -169,6 +179,8 @@ ServerMessage: TypeAlias = (
     | PartitionMap
     | PartitionMapDelta
     | GcPrune
+    | VectorSearchResp
+    | VectorSearchUpdate
 )
 """Every server→client message."""
 

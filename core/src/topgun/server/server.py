@@ -293,6 +293,15 @@ class Server:
         finally:
             self._shutdown_done.set()
 
+    def start_soon(
+        self, func: Callable[[], Coroutine[Any, Any, Any]], name: str | None = None
+    ) -> None:
+        """Run `func()` in the server's task group (from `on_startup` on): plugins' background
+        work. It is cancelled when the server stops, before the `on_shutdown` plugins run."""
+        if self._task_group is None:
+            raise RuntimeError("the server is not running")
+        self._task_group.start_soon(func, name=name)
+
     async def _all_closed(self) -> None:
         while self.sessions:
             self._sessions_changed = anyio.Event()

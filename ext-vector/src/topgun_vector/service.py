@@ -1,0 +1,499 @@
+"""The server side of vector search: one `VectorIndex` per configured (map, field), kept in
+step with the map, answering `VECTOR_SEARCH` and live `VECTOR_SEARCH_SUB`s.
+
+Changes arrive as the event router's batches (`changed`, on the event loop): their keys are
+queued per map and a background task (`run`) takes them in batches, reads each key's current
+value, embeds the texts that changed on a worker thread (so the event loop never blocks on a
+model), inserts the vectors on that thread too, then commits them, removes deleted rows and
+re-evaluates the live vector searches of the map. Searches read the live map, so a deleted row
+never shows even before its vector is removed. At start each index loads its snapshot and
+catches up: rows whose source (text or vector bytes) no longer matches the snapshot's
+fingerprint are re-embedded, rows gone from the map are removed.
+
+A search ranks by cosine similarity (HNSW; exactly over the candidates when an exact
+predicate filter keeps at most `exact_below` rows). On a map that also has full-text search,
+a text query is **tri-hybrid**: the predicate filters, and BM25's ranked list (the map's
+search index) and the vector list are fused by reciprocal rank fusion (k = 60) with the
+configured or requested weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import anyio
+import numpy as np
+
+from topgun.protocol import (
+    EventPayload,
+    Query,
+    VectorHit,
+    VectorQuery,
+    VectorSearchUpdate,
+    VectorSearchUpdatePayload,
+)
+from topgun.query import ABSENT, CompiledQuery, QueryError, parse_query
+from topgun.search import RRF_K, SCORE_EPSILON, SearchError, reciprocal_rank_fusion
+from topgun.server.live import current_value, live_items
+from topgun.server.permissions import WITHHELD, FieldFilter
+from topgun_vector.config import VectorConfig, VectorMapConfig
+from topgun_vector.embedders import Embedder, Vectors
+from topgun_vector.index import VectorIndex, fingerprint
+
+if TYPE_CHECKING:
+    from topgun.server import Server
+    from topgun.server.events import Recipient
+
+__all__ = ["FieldIndex", "Ranked", "VectorSearchError", "VectorService", "snapshot_path"]
+
+logger = logging.getLogger(__name__)
+
+HYBRID_LIST_MIN: Final = 100
+"""Each list of a hybrid search holds at least this many hits (more when `k` is larger)."""
+
+Source = Literal["text", "vector"]
+
+
+class VectorSearchError(Exception):
+    """A vector search that cannot run; the message is the response's `error`."""
+
+
+def snapshot_path(data_dir: Path, map_name: str, field_name: str) -> Path:
+    """Where the snapshot of (map, field) lives (names hex-encoded: any map name is safe)."""
+    name = f"{map_name.encode().hex()}.{field_name.encode().hex()}.snapshot"
+    return data_dir / "vector" / name
+
+
+@dataclass(slots=True)
+class FieldIndex:
+    """The index of one field of one map."""
+
+    map_name: str
+    field: str
+    source: Source
+    index: VectorIndex
+    path: Path
+
+    def source_of(self, value: Any) -> str | bytes | None:
+        """What the row `value` gives this index to embed (text) or to store (vector
+        bytes); None when there is nothing (absent, wrong type, empty, bad length)."""
+        if not isinstance(value, Mapping):
+            return None
+        found = value.get(self.field)
+        if self.source == "text":
+            return found if isinstance(found, str) and found.strip() else None
+        if not isinstance(found, bytes | bytearray):
+            return None
+        return bytes(found) if vector_error(found, self.index.dimensions) is None else None
+
+
+def vector_error(data: bytes | bytearray, dimensions: int) -> str | None:
+    """Why `data` is not a usable vector of `dimensions` little-endian float32, or None."""
+    if len(data) != 4 * dimensions:
+        return (
+            f"must be {dimensions} little-endian float32 ({4 * dimensions} bytes), "
+            f"got {len(data)} bytes"
+        )
+    vector = np.frombuffer(data, dtype="<f4")
+    if not bool(np.all(np.isfinite(vector))):
+        return "must hold finite numbers"
+    if not float(np.linalg.norm(vector)) > 0:
+        return "must not be the zero vector"
+    return None
+
+
+def unit(data: bytes) -> Vectors:
+    """Little-endian float32 bytes (checked by `vector_error`) as a unit vector."""
+    vector = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    return vector / np.float32(np.linalg.norm(vector))
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """One ranked row before values are attached."""
+
+    key: str
+    score: float
+    similarity: float | None
+    matched_terms: list[str]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A vector search made ready to run (again, for a live one)."""
+
+    map_name: str
+    target: FieldIndex
+    vector: Vectors | None
+    text: str | None
+    filter: CompiledQuery | None
+    k: int
+    weights: tuple[float, float]
+    min_score: float | None
+
+
+@dataclass(slots=True)
+class _Live:
+    plan: _Plan
+    session: Recipient
+    subscription_id: str
+    fields: FieldFilter
+    window: dict[str, Ranked] = field(default_factory=dict)
+
+
+class VectorService:
+    """Every vector index of one server, and its live vector searches."""
+
+    def __init__(self, server: Server, config: VectorConfig, embedder: Embedder) -> None:
+        self.server = server
+        self.config = config
+        self.embedder = embedder
+        self.indexes: dict[str, dict[str, FieldIndex]] = {}
+        for map_name, options in config.maps.items():
+            self.indexes[map_name] = {
+                name: FieldIndex(
+                    map_name,
+                    name,
+                    "text" if name in options.text_fields else "vector",
+                    VectorIndex(
+                        embedder.dimensions,
+                        embedder=embedder.name,
+                        connectivity=config.connectivity,
+                        expansion_add=config.expansion_add,
+                        expansion_search=config.expansion_search,
+                    ),
+                    snapshot_path(server.config.data_dir, map_name, name),
+                )
+                for name in options.fields
+            }
+        self._pending: dict[str, dict[str, None]] = {}
+        self._wake = anyio.Event()
+        self._busy = False
+        self._settled = anyio.Event()
+        self._settled.set()
+        self._live: dict[tuple[Recipient, str], _Live] = {}
+
+    # -- keeping the indexes in step ------------------------------------------------------
+
+    def map_config(self, map_name: str) -> VectorMapConfig | None:
+        return self.config.maps.get(map_name)
+
+    async def load(self, progress: Callable[[int], None] | None = None) -> None:
+        """Load every snapshot, then catch up with the maps (see the module docstring)."""
+        for map_name, fields in self.indexes.items():
+            rows = dict(live_items(self.server.maps, map_name))
+            for target in fields.values():
+                loaded = target.index.load(target.path)
+                stale = [k for k in target.index.indexed_keys() if k not in rows]
+                for key in stale:
+                    target.index.remove(key)
+                todo = [
+                    key
+                    for key, value in rows.items()
+                    if (source := target.source_of(value)) is not None
+                    and target.index.fingerprint(key) != fingerprint(source)
+                ]
+                await self._update(target, todo, rows, progress)
+                logger.info(
+                    "vector index %s.%s: %s, %d re-embedded, %d removed",
+                    map_name,
+                    target.field,
+                    "snapshot loaded" if loaded else "built",
+                    len(todo),
+                    len(stale),
+                )
+
+    def changed(self, events: Iterable[EventPayload]) -> None:
+        """Router watcher: queue the changed keys of vector-indexed maps."""
+        for event in events:
+            if event.map_name in self.indexes:
+                self._pending.setdefault(event.map_name, {})[event.key] = None
+                if self._settled.is_set():
+                    self._settled = anyio.Event()
+                self._wake.set()
+
+    async def settled(self) -> None:
+        """Return once every queued change is in the indexes (tests, shutdown)."""
+        while self._pending or self._busy:
+            await self._settled.wait()
+
+    async def run(self) -> None:
+        """The background task: apply queued changes; write snapshots of changed indexes
+        every `snapshot_interval_s`."""
+        last_snapshot = time.monotonic()
+        interval = self.config.snapshot_interval_s
+        while True:
+            with anyio.move_on_after(max(0.0, last_snapshot + interval - time.monotonic())):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            while self._pending:
+                self._busy = True
+                map_name = next(iter(self._pending))
+                keys = list(self._pending.pop(map_name))
+                try:
+                    await self._apply(map_name, keys)
+                except Exception:
+                    logger.exception("vector index update of map %r failed", map_name)
+                finally:
+                    self._busy = False
+            self._settled.set()
+            if time.monotonic() - last_snapshot >= interval:
+                await anyio.to_thread.run_sync(self.save)
+                last_snapshot = time.monotonic()
+
+    async def _apply(self, map_name: str, keys: list[str]) -> None:
+        rows = {key: current_value(self.server.maps, map_name, key) for key in keys}
+        for target in self.indexes[map_name].values():
+            todo: list[str] = []
+            for key, value in rows.items():
+                source = target.source_of(value)
+                if source is None:
+                    target.index.remove(key)
+                elif target.index.fingerprint(key) != fingerprint(source):
+                    todo.append(key)
+            await self._update(target, todo, rows, None)
+        self._refresh_live(map_name, set(keys))
+
+    async def _update(
+        self,
+        target: FieldIndex,
+        keys: Sequence[str],
+        rows: Mapping[str, Any],
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """Embed (or decode) and insert the vectors of `keys`, a batch per worker-thread call."""
+        step = self.config.batch_size
+        for start in range(0, len(keys), step):
+            batch = list(keys[start : start + step])
+            sources = [target.source_of(rows[key]) for key in batch]
+            kept = [(k, s) for k, s in zip(batch, sources, strict=True) if s is not None]
+            labels = target.index.reserve_labels(len(kept))
+
+            def work(kept: list[tuple[str, str | bytes]] = kept, labels: Any = labels) -> Any:
+                vectors = self._vectors(target, [s for _, s in kept])
+                usable = np.linalg.norm(vectors, axis=1) > 0  # a text with nothing to embed
+                target.index.add_vectors(labels[usable], vectors[usable])
+                return usable
+
+            usable = await anyio.to_thread.run_sync(work)
+            for (key, _), ok in zip(kept, usable.tolist(), strict=True):
+                if not ok:
+                    target.index.remove(key)
+            good = [pair for pair, ok in zip(kept, usable.tolist(), strict=True) if ok]
+            target.index.commit(
+                [k for k, _ in good], labels[usable], [fingerprint(s) for _, s in good]
+            )
+            if progress is not None:
+                progress(len(batch))
+
+    def _vectors(self, target: FieldIndex, sources: list[Any]) -> Vectors:
+        if target.source == "text":
+            return self.embedder.embed(sources)
+        if not sources:
+            return np.zeros((0, target.index.dimensions), dtype=np.float32)
+        return np.stack([unit(s) for s in sources])
+
+    def save(self) -> None:
+        """Write the snapshot of every changed index (blocking)."""
+        for fields in self.indexes.values():
+            for target in fields.values():
+                if target.index.dirty:
+                    target.index.save(target.path)
+
+    # -- searching --------------------------------------------------------------------------
+
+    async def plan(self, request: VectorQuery) -> _Plan:
+        """Check a request and embed its text query (on a worker thread)."""
+        fields = self.indexes.get(request.map_name)
+        if fields is None:
+            raise VectorSearchError(f"Vector search not enabled for map: {request.map_name}")
+        name = request.field if request.field is not None else next(iter(fields))
+        target = fields.get(name)
+        if target is None:
+            raise VectorSearchError(
+                f"Unknown vector field: {name!r} (indexed: {', '.join(fields)})"
+            )
+        if request.min_score is not None and not math.isfinite(request.min_score):
+            raise VectorSearchError("minScore must be a finite number")
+        compiled = None
+        if request.predicate is not None or request.where is not None:
+            try:
+                compiled = parse_query(Query(where=request.where, predicate=request.predicate))
+            except QueryError as bad:
+                raise VectorSearchError(f"Invalid filter: {bad}") from None
+        options = self.config.maps[request.map_name]
+        weights = request.weights
+        vector_weight = options.weights.get("vector", 1.0)
+        text_weight = options.weights.get("text", 1.0)
+        if weights is not None:
+            vector_weight = vector_weight if weights.vector is None else weights.vector
+            text_weight = text_weight if weights.text is None else weights.text
+        for weight in (vector_weight, text_weight):
+            if not (math.isfinite(weight) and weight >= 0):
+                raise VectorSearchError("weights must be finite and >= 0")
+        text: str | None = None
+        vector: Vectors | None = None
+        if (request.query is None) == (request.vector is None):
+            raise VectorSearchError("give exactly one of query (text) and vector")
+        if request.vector is not None:
+            problem = vector_error(request.vector, target.index.dimensions)
+            if problem is not None:
+                raise VectorSearchError(f"vector {problem}")
+            vector = unit(request.vector)
+        elif request.query is not None and request.query.strip():
+            text = request.query
+            (embedded,) = await anyio.to_thread.run_sync(self.embedder.embed, [text])
+            vector = embedded if float(np.linalg.norm(embedded)) > 0 else None
+        return _Plan(
+            request.map_name,
+            target,
+            vector,
+            text,
+            compiled,
+            request.k,
+            (vector_weight, text_weight),
+            request.min_score,
+        )
+
+    def rank(self, plan: _Plan, fields: FieldFilter) -> tuple[list[Ranked], int]:
+        """The results of `plan` for a reader seeing `fields`, and the candidate count."""
+        maps = self.server.maps
+
+        def visible(key: str) -> Any:
+            value = current_value(maps, plan.map_name, key)
+            return WITHHELD if value is ABSENT else fields.apply(value)
+
+        allowed: set[str] | None = None
+        if plan.filter is not None:
+            allowed = set()
+            for key, value in live_items(maps, plan.map_name):
+                shown = fields.apply(value)
+                if shown is not WITHHELD and plan.filter.matches(shown):
+                    allowed.add(key)
+        text_index = self.server.search.index(plan.map_name) if plan.text is not None else None
+        hybrid = text_index is not None and plan.weights[1] > 0
+        depth = max(plan.k, HYBRID_LIST_MIN) if hybrid else plan.k
+        index = plan.target.index
+        if plan.vector is None:
+            if not hybrid:
+                return [], 0
+            nearest = []
+        elif allowed is not None and len(allowed) <= self.config.exact_below:
+            nearest = index.exact(plan.vector, allowed)
+        else:
+            nearest = self._filtered(index, plan.vector, depth, allowed)
+        nearest = [(k, s) for k, s in nearest if visible(k) is not WITHHELD][:depth]
+        similarity = dict(nearest)
+        if not hybrid:
+            ranked = [Ranked(k, s, s, []) for k, s in nearest]
+        else:
+            assert text_index is not None
+            assert plan.text is not None
+            try:
+                found = text_index.search(plan.text, max_results=max(depth, 1000))
+            except SearchError:
+                found = None
+            terms: dict[str, list[str]] = {}
+            text_keys: list[str] = []
+            for hit in [] if found is None else found.hits:
+                if (allowed is None or hit.key in allowed) and visible(hit.key) is not WITHHELD:
+                    terms[hit.key] = hit.matched_terms
+                    text_keys.append(hit.key)
+                    if len(text_keys) >= depth:
+                        break
+            fused = reciprocal_rank_fusion(
+                [[k for k, _ in nearest], text_keys], weights=plan.weights, k=RRF_K
+            )
+            ranked = [Ranked(k, s, similarity.get(k), terms.get(k, [])) for k, s in fused if s > 0]
+        if plan.min_score is not None:
+            ranked = [r for r in ranked if r.score >= plan.min_score]
+        return ranked[: plan.k], len(ranked)
+
+    @staticmethod
+    def _filtered(
+        index: VectorIndex, vector: Vectors, count: int, allowed: set[str] | None
+    ) -> list[tuple[str, float]]:
+        """The `count` nearest keys among `allowed` (all if None), widening the graph search
+        until enough pass the filter or the whole index was searched."""
+        wanted = count
+        while True:
+            found = index.search(vector, wanted)
+            kept = found if allowed is None else [(k, s) for k, s in found if k in allowed]
+            if len(kept) >= count or wanted >= len(index):
+                return kept
+            wanted = min(len(index), wanted * 4)
+
+    def hits(self, ranked: list[Ranked], map_name: str, fields: FieldFilter) -> list[VectorHit]:
+        """Wire rows for `ranked`, with the values the reader may see."""
+        rows = []
+        for r in ranked:
+            value = current_value(self.server.maps, map_name, r.key)
+            shown = WITHHELD if value is ABSENT else fields.apply(value)
+            if shown is not WITHHELD:
+                rows.append(VectorHit(r.key, shown, r.score, r.matched_terms, r.similarity))
+        return rows
+
+    # -- live vector searches ----------------------------------------------------------------
+
+    def subscribe(
+        self, session: Recipient, subscription_id: str, plan: _Plan, fields: FieldFilter
+    ) -> tuple[list[Ranked], int]:
+        """Start (or replace) a live vector search; returns its first results."""
+        ranked, total = self.rank(plan, fields)
+        live = _Live(plan, session, subscription_id, fields)
+        live.window = {r.key: r for r in ranked}
+        self._live[(session, subscription_id)] = live
+        return ranked, total
+
+    def unsubscribe(self, session: Recipient, subscription_id: str) -> None:
+        self._live.pop((session, subscription_id), None)
+
+    def drop(self, session: Recipient) -> None:
+        """Forget every live vector search of a closed session."""
+        for sub in [s for s in self._live if s[0] is session]:
+            del self._live[sub]
+
+    def _refresh_live(self, map_name: str, changed: set[str]) -> None:
+        encode = self.server.codec.encode
+        for live in list(self._live.values()):
+            if live.plan.map_name != map_name:
+                continue
+            if not live.session.is_open:
+                self.drop(live.session)
+                continue
+            ranked, _ = self.rank(live.plan, live.fields)
+            now = {r.key: r for r in ranked}
+            updates: list[tuple[Literal["ENTER", "UPDATE", "LEAVE"], Ranked]] = [
+                ("LEAVE", old) for key, old in live.window.items() if key not in now
+            ]
+            for key, r in now.items():
+                old = live.window.get(key)
+                if old is None:
+                    updates.append(("ENTER", r))
+                elif key in changed or abs(r.score - old.score) > SCORE_EPSILON:
+                    updates.append(("UPDATE", r))
+            live.window = now
+            for kind, r in updates:
+                value = None
+                if kind != "LEAVE":
+                    value = live.fields.apply(current_value(self.server.maps, map_name, r.key))
+                    if value is WITHHELD:
+                        continue
+                message = VectorSearchUpdate(
+                    payload=VectorSearchUpdatePayload(
+                        subscription_id=live.subscription_id,
+                        key=r.key,
+                        value=value,
+                        score=r.score,
+                        type=kind,
+                        change_type=kind,
+                        similarity=r.similarity,
+                    )
+                )
+                live.session.send_frame(encode(message), "VECTOR_SEARCH_UPDATE")
