@@ -8,6 +8,9 @@ the newest record. Names, keys, tags and node ids are stored as their UTF-8 byte
 Python strings do. TTLs keep their type (an integer and a float column). Runs of LWW
 puts, OR adds and meta upserts go to the database as one multi-row statement each.
 
+It is a `RecodableBackend` too: stored value bytes can be scanned and re-encoded in place
+(what key rotation of an encrypting codec needs).
+
 Every call runs on a connection of an asyncpg pool. A lost connection (refused, reset,
 the server restarting) is retried with exponential backoff for `retry_for_s` seconds
 before the call fails with `StorageUnavailableError`; meanwhile `status()` reports the
@@ -24,7 +27,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import anyio
 import asyncpg
@@ -55,6 +58,7 @@ from topgun.storage import (
     StorageOpenError,
     StorageStatus,
     StorageUnavailableError,
+    StoredValue,
     check_batch,
 )
 from topgun.storage.contract import CREATING_CHANGES, encoded_value, kind_mismatch, kind_of
@@ -439,6 +443,131 @@ class PostgresBackend:
             key = _s(key_bytes)
             result[key] = self.codecs.decode(blob, CodecContext("meta", namespace, key))
         return result
+
+    # --- re-encoding in place (RecodableBackend) ----------------------------------------
+
+    async def count_values(self) -> int:
+        s = self._s
+
+        async def count(conn: asyncpg.Connection) -> int:
+            return int(
+                await conn.fetchval(
+                    f"SELECT (SELECT count(*) FROM {s}.lww_records WHERE value IS NOT NULL)"
+                    f" + (SELECT count(*) FROM {s}.or_records) + (SELECT count(*) FROM {s}.meta)"
+                )
+            )
+
+        return await self._retrying("counting values", count)
+
+    async def scan_values(self, after: StoredValue | None, limit: int) -> list[StoredValue]:
+        """Map by map in name order, each read along its primary key from where the scan
+        stopped (bytes order is code-point order, the order of `StoredValue.position`)."""
+        s = self._s
+        rank, name, key, tag = after.position() if after is not None else (0, "", "", "")
+
+        async def scan(conn: asyncpg.Connection) -> list[StoredValue]:
+            found: list[StoredValue] = []
+            maps = sorted(
+                (_s(row["name"]), row["id"], row["kind"])
+                for row in await conn.fetch(f"SELECT id, name, kind FROM {s}.maps")
+            )
+            areas: tuple[Literal["lww", "ormap"], ...] = ("lww", "ormap")
+            for area_rank, area in enumerate(areas):
+                if area_rank < rank:
+                    continue
+                for map_name, map_id, kind in maps:
+                    if kind != area or (area_rank == rank and map_name < name):
+                        continue
+                    resume = area_rank == rank and map_name == name
+                    if area == "lww":
+                        where = " AND key > $3" if resume else ""
+                        rows = await conn.fetch(
+                            f"SELECT key, NULL::bytea AS tag, value FROM {s}.lww_records"
+                            f" WHERE map_id = $1 AND value IS NOT NULL{where}"
+                            " ORDER BY key LIMIT $2",
+                            map_id,
+                            limit - len(found),
+                            *([_b(key)] if resume else []),
+                        )
+                    else:
+                        where = " AND (key, tag) > ($3, $4)" if resume else ""
+                        rows = await conn.fetch(
+                            f"SELECT key, tag, value FROM {s}.or_records WHERE map_id = $1{where}"
+                            " ORDER BY key, tag LIMIT $2",
+                            map_id,
+                            limit - len(found),
+                            *([_b(key), _b(tag)] if resume else []),
+                        )
+                    found += [
+                        StoredValue(
+                            CodecContext(area, map_name, _s(k)), None if t is None else _s(t), v
+                        )
+                        for k, t, v in rows
+                    ]
+                    if len(found) >= limit:
+                        return found
+            where = " WHERE (namespace, key) > ($2, $3)" if rank == 2 else ""
+            rows = await conn.fetch(
+                f"SELECT namespace, key, value FROM {s}.meta{where}"
+                " ORDER BY namespace, key LIMIT $1",
+                limit - len(found),
+                *([_b(name), _b(key)] if rank == 2 else []),
+            )
+            found += [
+                StoredValue(CodecContext("meta", _s(ns), _s(k)), None, v) for ns, k, v in rows
+            ]
+            return found
+
+        return await self._retrying("scanning stored values", scan)
+
+    async def replace_values(self, replacements: Sequence[tuple[StoredValue, bytes]]) -> int:
+        """Compare and swap each value's bytes, in one transaction."""
+        s = self._s
+        pairs = list(replacements)
+
+        async def replace(conn: asyncpg.Connection) -> int:
+            replaced = 0
+            async with conn.transaction():
+                ids = {
+                    _s(row["name"]): row["id"]
+                    for row in await conn.fetch(f"SELECT id, name FROM {s}.maps")
+                }
+                for old, new in pairs:
+                    context = old.context
+                    if context.area == "meta":
+                        status = await conn.execute(
+                            f"UPDATE {s}.meta SET value = $1 WHERE namespace = $2 AND key = $3"
+                            " AND value = $4",
+                            new,
+                            _b(context.name),
+                            _b(context.key),
+                            old.data,
+                        )
+                    elif (map_id := ids.get(context.name)) is None:
+                        continue
+                    elif context.area == "lww":
+                        status = await conn.execute(
+                            f"UPDATE {s}.lww_records SET value = $1 WHERE map_id = $2"
+                            " AND key = $3 AND value = $4",
+                            new,
+                            map_id,
+                            _b(context.key),
+                            old.data,
+                        )
+                    else:
+                        status = await conn.execute(
+                            f"UPDATE {s}.or_records SET value = $1 WHERE map_id = $2"
+                            " AND key = $3 AND tag = $4 AND value = $5",
+                            new,
+                            map_id,
+                            _b(context.key),
+                            _b(old.tag or ""),
+                            old.data,
+                        )
+                    replaced += int(status.rsplit(" ", 1)[1])
+            return replaced
+
+        return await self._retrying(f"replacing {len(pairs)} value(s)", replace)
 
     # --- writes ------------------------------------------------------------------------
 
