@@ -23,6 +23,8 @@ changes are flushed oldest first, in transactions of up to `flush_batch` changes
   `Commit`, and so the server acknowledges PERSISTED, only after the flush holding those
   changes committed in the backend.
 - **Drain.** `close()` flushes everything staged (retrying) before closing the backend.
+- **Re-encoding** (`RecodableBackend`, for key rotation) is forwarded to the wrapped
+  backend once everything staged is flushed.
 
 `initialize()` starts the flushing task in a task group that `close()` ends: call both
 from the same task (as the server does), like entering and leaving a context manager.
@@ -56,15 +58,17 @@ from topgun.storage.contract import (
     PruneRecord,
     PutMeta,
     PutRecord,
+    RecodableBackend,
     RemoveORTag,
     ReportsStatus,
     StorageBackend,
     StorageStatus,
+    StoredValue,
     check_batch,
     kind_mismatch,
     kind_of,
 )
-from topgun.storage.errors import StorageClosedError, StorageFullError
+from topgun.storage.errors import StorageClosedError, StorageError, StorageFullError
 from topgun.storage.memory import MemoryBackend
 
 logger = logging.getLogger(__name__)
@@ -339,6 +343,37 @@ class WriteBehind:
         event.set()
         room, self._room = self._room, anyio.Event()
         room.set()
+
+    # --- re-encoding in place (RecodableBackend, forwarded) ----------------------------
+
+    def _recodable(self) -> RecodableBackend:
+        self._check_open()
+        if not isinstance(self.backend, RecodableBackend):
+            raise StorageError(
+                f"{self.backend!r} under write-behind cannot re-encode stored values "
+                "(it is not a RecodableBackend)"
+            )
+        return self.backend
+
+    async def count_values(self) -> int:
+        """The wrapped backend's count, once everything staged so far is flushed."""
+        recodable = self._recodable()
+        await self.wait_durable(self.durability_mark())
+        return await recodable.count_values()
+
+    async def scan_values(self, after: StoredValue | None, limit: int) -> list[StoredValue]:
+        """The wrapped backend's scan, once everything staged so far is flushed (staged
+        changes are encoded when they are flushed, with the codecs of that moment)."""
+        recodable = self._recodable()
+        await self.wait_durable(self.durability_mark())
+        return await recodable.scan_values(after, limit)
+
+    async def replace_values(self, replacements: Sequence[tuple[StoredValue, bytes]]) -> int:
+        """The wrapped backend's compare and swap, once everything staged so far is
+        flushed (so a write staged since the scan is what the swap compares with)."""
+        recodable = self._recodable()
+        await self.wait_durable(self.durability_mark())
+        return await recodable.replace_values(replacements)
 
     # --- reads -------------------------------------------------------------------------
 
