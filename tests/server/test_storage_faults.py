@@ -1,11 +1,14 @@
-"""Fault injection: PostgreSQL unreachable for 5 s in the middle of a stream of PERSISTED
+"""Fault injection: storage failing under a running server.
+
+PostgreSQL unreachable for 5 s in the middle of a stream of PERSISTED
 writes, for a server on PostgreSQL and one on write-behind over PostgreSQL.
 
 Both reach PostgreSQL through a TCP proxy that, during the outage, cuts every open
 connection and closes each new one at once. While it lasts: no PERSISTED write is
 acknowledged, `/ready` answers 503 naming the storage problem and `/metrics` shows
 `topgun_storage_available 0`. Afterwards both servers recover by themselves (acks
-resume, `/ready` is 200), and every acknowledged write is in the database.
+resume, `/ready` is 200), and every acknowledged write is in the database. Then the same
+for write-behind over a backend that raises (no PostgreSQL needed).
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from anyio.abc import SocketStream
 
 import topgun_postgres.plugin
 from topgun.crdt.records import LWWRecord, Timestamp
+from topgun.hooks import hookimpl
 from topgun.protocol import ClientOp, OpAck, OpBatch, OpBatchPayload
 from topgun.server import StorageConfig
-from topgun.storage import LWWSnapshot
+from topgun.storage import LWWSnapshot, MemoryBackend, WriteBehind, WriteBehindConfig
 from topgun_postgres import PostgresBackend, PostgresConfig
 
 from .conftest import plugin_manager
@@ -217,3 +221,83 @@ def test_postgres_config_errors_name_the_setting() -> None:
         PostgresConfig(schema="Bad-Name")
     with pytest.raises(ValueError, match="min_connections"):
         PostgresConfig(min_connections=5, max_connections=2)
+
+
+class FailingMemory(MemoryBackend):
+    """The memory backend, raising from `store_batch` while `failing` is set."""
+
+    failing = False
+
+    async def store_batch(self, changes: Any) -> None:
+        if FailingMemory.failing:
+            raise ConnectionError("backend down (injected)")
+        await super().store_batch(changes)
+
+
+class FailingStoragePlugin:
+    @hookimpl
+    def register_storage(self, register: Any) -> None:
+        register("failing-memory", lambda config: FailingMemory(codecs=config.codecs))
+
+
+async def test_write_behind_over_a_raising_backend_waits_reports_and_recovers(
+    start_server: Any,
+) -> None:
+    """The wrapper's backend raises for a while: PERSISTED acks wait (MEMORY ones do not),
+    `/ready` and `/metrics` show it, and the staged writes land once it works again."""
+    pm = plugin_manager()
+    pm.register(FailingStoragePlugin(), name="failing-storage")
+    fast = WriteBehindConfig(flush_interval_ms=5, retry_min_ms=5, retry_max_ms=50)
+    async with start_server(
+        pm=pm,
+        storage=StorageConfig(backend="failing-memory", wrappers=("write-behind",)),
+        sections={"write_behind": fast},
+    ) as live:
+        client = await live.client()
+        FailingMemory.failing = True
+        try:
+
+            def batch(first: int, concern: str) -> OpBatch:
+                ops = [
+                    ClientOp(
+                        map_name=MAP,
+                        key=f"k{i}",
+                        id=str(i),
+                        record=LWWRecord(i, Timestamp(int(time.time() * 1000), i, "w")),
+                    )
+                    for i in range(first, first + 5)
+                ]
+                return OpBatch(
+                    payload=OpBatchPayload(ops=ops, write_concern=concern, timeout=60_000)
+                )
+
+            await client.send(batch(0, "MEMORY"))
+            assert (await client.expect(OpAck)).payload.achieved_level == "MEMORY"
+            await client.send(batch(5, "PERSISTED"))
+
+            async def reported() -> bool:
+                status, body, metrics = await storage_state(live)
+                return (
+                    status == 503
+                    and "backend down (injected)" in body.get("storage", "")
+                    and b"topgun_storage_available 0.0" in metrics
+                    and b"topgun_storage_staged 0.0" not in metrics
+                )
+
+            await until(reported, "the failing backend shows in /ready and /metrics")
+            with anyio.move_on_after(0.2):
+                await client.expect(OpAck, timeout=1)
+                pytest.fail("PERSISTED acknowledged while the backend raises")
+        finally:
+            FailingMemory.failing = False
+        ack = await client.expect(OpAck, timeout=30)
+        assert ack.payload.achieved_level == "PERSISTED"
+        status, _, metrics = await storage_state(live)
+        assert status == 200
+        assert b"topgun_storage_staged 0.0" in metrics
+        backend = live.server.backend
+        assert isinstance(backend, WriteBehind)
+        snapshot = await backend.backend.load_map(MAP)
+        assert isinstance(snapshot, LWWSnapshot)
+        assert sorted(snapshot.records) == sorted(f"k{i}" for i in range(10))
+        await client.aclose()

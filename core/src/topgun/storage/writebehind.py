@@ -322,11 +322,11 @@ class WriteBehind:
                 await self.backend.store_batch(self._in_flight)
             except Exception as exc:
                 self.retries += 1
+                first = self._problem is None
                 self._problem = f"flushing {len(self._in_flight)} change(s) failed: {exc}"
-                logger.warning(
-                    "write-behind: %s; retrying in %.2f s (%d staged)",
+                (logger.warning if first else logger.debug)(
+                    "write-behind: %s; retrying with backoff (%d staged)",
                     self._problem,
-                    delay,
                     self.staged,
                 )
                 await anyio.sleep(delay)
