@@ -123,6 +123,7 @@ def test(args: list[str]) -> int:
                 "ext-crypto/src",
                 "ext-compress/src",
                 "ext-vector/src/topgun_vector",
+                "plugins/postgres/src/topgun_postgres",
             ],
         ),
         ("mkdocs", [str(BIN / "mkdocs"), "build", "--strict", "--quiet", "-d", str(VENV / "site")]),

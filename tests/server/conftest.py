@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import signal
@@ -389,6 +390,163 @@ def serve_process(tmp_path: Path) -> Any:
     yield start
     for process in started:
         process.kill()
+
+
+_FORK_SERVER = """
+import json, os, signal, sys
+# What `topgun serve` imports, once (many of them lazily, when it starts serving).
+import asyncio, anyio._backends._asyncio, h11, h2.connection, wsproto
+import hypercorn.asyncio, hypercorn.config, quart
+import topgun.cli, topgun.server.app, topgun.server.serve, topgun.server.server
+try:
+    import topgun_postgres.plugin
+except ImportError:
+    pass
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped at once
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        try:
+            topgun.cli.main(["serve", *request["args"]])
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    print(pid, flush=True)
+"""
+
+
+class ForkedServe:
+    """`topgun serve ARGS` forked from a `ForkServer` (which imported topgun once): the
+    same command as `ServeProcess` runs, started in a fraction of the time. Output goes
+    to files in `folder`; the process is a child of the fork server (reaped by it)."""
+
+    def __init__(self, pid: int, stdout: Path, stderr: Path) -> None:
+        self.pid = pid
+        self.stdout_file = stdout
+        self.stderr_file = stderr
+        self.stdout: list[str] = []
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def banner(self, timeout: float = 15.0) -> list[str]:
+        """The banner's lines, once the server printed it (polled with a deadline)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.stdout_file.read_text().splitlines()
+            if any(line.startswith("Press Ctrl+C") for line in lines):
+                self.stdout = lines
+                return lines
+            if not self.alive():
+                raise AssertionError(f"exited without a banner: {self.stderr_file.read_text()}")
+            time.sleep(0.01)
+        raise AssertionError(f"no banner within {timeout} s: {self.stderr_file.read_text()}")
+
+    @property
+    def port(self) -> int:
+        first = self.stdout[0]
+        return int(first.split("://", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1])
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        os.kill(self.pid, signum)
+
+    def finish(self, timeout: float = 15.0) -> str:
+        """Wait until the process is gone; its stderr."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pid {self.pid} did not exit within {timeout} s")
+            time.sleep(0.01)
+        return self.stderr_file.read_text()
+
+    def kill(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+
+
+class ForkServer:
+    """A Python process that has imported `topgun serve` and forks a server on request."""
+
+    def __init__(self) -> None:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("TOPGUN_") or key == "TOPGUN_REQUIRE_SERVICES"
+        }
+        self.base_env = {**env, "TOPGUN_LOAD_PLUGINS": "", "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _FORK_SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.started: list[ForkedServe] = []
+        self._lock = threading.Lock()
+
+    def start(self, *args: str, cwd: Path, env: Mapping[str, str] | None = None) -> ForkedServe:
+        """Fork `topgun serve ARGS` in `cwd` with `env` added to the environment."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        with self._lock:
+            count = len(self.started)
+            stdout, stderr = cwd / f"serve-{count}.out", cwd / f"serve-{count}.err"
+            stdout.touch()
+            stderr.touch()
+            request = {
+                "args": list(args),
+                "cwd": str(cwd),
+                "env": {**self.base_env, **(env or {})},
+                "stdout": str(stdout),
+                "stderr": str(stderr),
+            }
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            forked = ForkedServe(int(self.process.stdout.readline()), stdout, stderr)
+            self.started.append(forked)
+        return forked
+
+    def close(self) -> None:
+        for forked in self.started:
+            forked.kill()
+        self.process.kill()
+        self.process.communicate()
+
+
+@pytest.fixture
+def fork_server() -> Any:
+    """A `ForkServer` for tests that start `topgun serve` many times (crash tests)."""
+    server = ForkServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_scratch() -> Any:
+    """`pg_scratch(prefix)`: a `topgun_postgres.PostgresConfig` on a fresh schema of the
+    test PostgreSQL, dropped at teardown (skips, or fails under
+    `TOPGUN_REQUIRE_SERVICES=1`, when PostgreSQL is unreachable)."""
+    from topgun_postgres.testing import scratch_schema
+
+    with contextlib.ExitStack() as stack:
+        yield lambda prefix="topgun_test": stack.enter_context(scratch_schema(prefix))
 
 
 @dataclass(frozen=True)

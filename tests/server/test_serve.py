@@ -58,6 +58,10 @@ def test_describe_storage() -> None:
     assert describe_storage(msgspec.structs.replace(config, storage=options)).endswith("grid.db")
     memory = msgspec.structs.replace(config, storage=StorageConfig(backend="memory"))
     assert describe_storage(memory).startswith("memory")
+    wrapped = StorageConfig(backend="postgres", wrappers=("write-behind",))
+    assert describe_storage(msgspec.structs.replace(config, storage=wrapped)) == (
+        "postgres, data directory data, wrapped in write-behind"
+    )
 
 
 def test_check_tls_refuses_a_key_that_is_not_the_certificate_s(tmp_path: Path) -> None:

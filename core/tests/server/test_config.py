@@ -30,6 +30,7 @@ from topgun.server import (
     validate_config,
 )
 from topgun.server.config import MapOptions
+from topgun.storage import WriteBehindConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRET = "s3cret-" + "x" * 40
@@ -373,7 +374,8 @@ def sections_pm(*plugins: object) -> TopgunPluginManager:
 
 def test_plugin_sections_come_from_the_hook_and_load_like_core_keys() -> None:
     sections = config_sections(sections_pm(SectionsPlugin()))
-    assert sections == {"vector": VectorSection}
+    # `write_behind` is the built-in write-behind wrapper's section.
+    assert sections == {"vector": VectorSection, "write_behind": WriteBehindConfig}
     config = load_config(
         "[vector]\nmodel = 'large'\n",
         environ={"TOPGUN_VECTOR_DIMENSIONS": "768", "TOPGUN_VECTOR_API_KEY": SECRET},
@@ -383,7 +385,9 @@ def test_plugin_sections_come_from_the_hook_and_load_like_core_keys() -> None:
     assert SECRET not in repr(config)
     assert load_config(sections=sections).section("vector") == VectorSection()
     assert environment_variables(sections)["TOPGUN_VECTOR_MODEL"] == ("vector", "model")
-    with pytest.raises(KeyError, match=r"no configuration section 'audit' \(registered: vector\)"):
+    with pytest.raises(
+        KeyError, match=r"no configuration section 'audit' \(registered: vector, write_behind\)"
+    ):
         config.section("audit")
 
 

@@ -54,6 +54,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "topgun.search.providers",
     "topgun.storage.memory",
     "topgun.storage.sqlite",
+    "topgun.storage.writebehind",
 )
 """Modules inside topgun registered as built-in plugins, under their module name."""
 

@@ -8,6 +8,7 @@ ASGI server can host it (`topgun serve` uses Hypercorn, or uvicorn).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from prometheus_client.exposition import choose_encoder
@@ -30,10 +31,15 @@ def create_app(server: Server) -> Quart:
 
     @app.get("/ready")
     async def ready() -> Response:
-        """200 once every map is loaded and connections are accepted, else 503."""
-        if server.ready:
-            return Response('{"ready": true}', content_type="application/json")
-        return Response('{"ready": false}', status=503, content_type="application/json")
+        """200 once every map is loaded and connections are accepted and while storage can
+        commit, else 503 (with the storage problem when that is why)."""
+        if not server.ready:
+            return Response('{"ready": false}', status=503, content_type="application/json")
+        status = server.storage_status()
+        if not status.available:
+            body = json.dumps({"ready": False, "storage": status.problem or "unavailable"})
+            return Response(body, status=503, content_type="application/json")
+        return Response('{"ready": true}', content_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -13,6 +13,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from topgun.storage import StorageStatus
+
 OP_LATENCY_BUCKETS: Final = (
     0.0005,
     0.001,
@@ -45,6 +47,10 @@ class ServerMetrics:
     - `topgun_auth_failures_total`: `AUTH_FAIL`s sent (bad tokens, plugin refusals).
     - `topgun_storage_queue_depth`: changes waiting for a storage transaction;
       `topgun_storage_last_flush_seconds`: how long the last transaction took.
+    - `topgun_storage_available`: 1 while the backend can commit, 0 while it cannot (a lost
+      database connection being retried); `topgun_storage_retries`: failed storage attempts
+      retried since start; `topgun_storage_staged`: changes accepted but not yet durable
+      (a write-behind backlog).
     """
 
     def __init__(self) -> None:
@@ -88,6 +94,22 @@ class ServerMetrics:
             "Duration of the last storage transaction.",
             registry=registry,
         )
+        self.storage_available = Gauge(
+            "topgun_storage_available",
+            "1 while the storage backend can commit, 0 while it cannot.",
+            registry=registry,
+        )
+        self.storage_retries = Gauge(
+            "topgun_storage_retries",
+            "Failed storage attempts retried since the server started.",
+            registry=registry,
+        )
+        self.storage_staged = Gauge(
+            "topgun_storage_staged",
+            "Storage changes accepted but not yet durable (write-behind backlog).",
+            registry=registry,
+        )
+        self.storage_available.set(1)
         self._in: dict[str, Callable[[], None]] = {}
         self._out: dict[str, Callable[[float], None]] = {}
 
@@ -106,8 +128,14 @@ class ServerMetrics:
         inc(count)
 
     def watch_storage(
-        self, queue_depth: Callable[[], float], last_flush_seconds: Callable[[], float]
+        self,
+        queue_depth: Callable[[], float],
+        last_flush_seconds: Callable[[], float],
+        status: Callable[[], StorageStatus] = StorageStatus,
     ) -> None:
         """Read the storage gauges from these callables whenever metrics are collected."""
         self.storage_queue_depth.set_function(queue_depth)
         self.storage_last_flush.set_function(last_flush_seconds)
+        self.storage_available.set_function(lambda: float(status().available))
+        self.storage_retries.set_function(lambda: status().retries)
+        self.storage_staged.set_function(lambda: status().staged)

@@ -269,14 +269,16 @@ def _check_auth(pm: TopgunPluginManager, config: ServerConfig) -> None:
 
 
 def describe_storage(config: ServerConfig) -> str:
-    """The configured storage as the banner shows it."""
+    """The configured storage as the banner shows it (with its wrappers, if any)."""
     backend = config.storage.backend
+    wrappers = config.storage.wrappers
+    wrapped = f", wrapped in {', '.join(wrappers)}" if wrappers else ""
     if backend == "memory":
-        return "memory (nothing is kept after the server stops)"
+        return f"memory (nothing is kept after the server stops){wrapped}"
     if backend == "sqlite":
         file = config.storage.options.get("file", "topgun.db")
-        return f"sqlite, {config.data_dir / str(file)}"
-    return f"{backend}, data directory {config.data_dir}"
+        return f"sqlite, {config.data_dir / str(file)}{wrapped}"
+    return f"{backend}, data directory {config.data_dir}{wrapped}"
 
 
 def describe_auth(config: ServerConfig, pm: TopgunPluginManager, *, dev: bool) -> str:

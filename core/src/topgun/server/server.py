@@ -55,7 +55,12 @@ from topgun.server.subscriptions import SubscriptionRegistry
 from topgun.server.topics import TopicRegistry
 from topgun.server.transport import Transport
 from topgun.server.writes import WritePipeline
-from topgun.storage import StorageBackend, StorageWriter, open_configured_storage
+from topgun.storage import (
+    StorageBackend,
+    StorageStatus,
+    StorageWriter,
+    open_configured_storage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +200,11 @@ class Server:
         self._sessions_changed = anyio.Event()
         self._admitted: deque[int] = deque()
 
+    def storage_status(self) -> StorageStatus:
+        """The storage backend's status (`ReportsStatus`); available when it reports none."""
+        report = getattr(self.backend, "status", None)
+        return report() if callable(report) else StorageStatus()
+
     def __repr__(self) -> str:
         state = "ready" if self.ready else "not ready"
         return f"<Server {self.node_id} {state}, {len(self.sessions)} connection(s)>"
@@ -221,7 +231,9 @@ class Server:
             await self.locks.load(backend, writer.submit)
             await self.counters.load(backend, writer.submit)
             self.metrics.watch_storage(
-                lambda: writer.queue_depth, lambda: writer.last_flush_seconds or 0.0
+                lambda: writer.queue_depth,
+                lambda: writer.last_flush_seconds or 0.0,
+                self.storage_status,
             )
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             self._task_group.start_soon(self._sweep_liveness)

@@ -16,6 +16,7 @@ from topgun.storage.contract import (
     BackendFactory,
     BackendWrapper,
     Change,
+    DeferredDurability,
     DeleteKey,
     LWWSnapshot,
     MapInfo,
@@ -28,7 +29,9 @@ from topgun.storage.contract import (
     PutRecord,
     RecodableBackend,
     RemoveORTag,
+    ReportsStatus,
     StorageBackend,
+    StorageStatus,
     StoredValue,
     check_batch,
 )
@@ -39,13 +42,16 @@ from topgun.storage.errors import (
     StorageConfigError,
     StorageCorruptError,
     StorageError,
+    StorageFullError,
     StorageOpenError,
+    StorageUnavailableError,
     StorageWriteError,
     ValueCodecError,
 )
 from topgun.storage.memory import MemoryBackend, MemoryStore
 from topgun.storage.registry import codec_pipeline, open_configured_storage, open_storage
 from topgun.storage.sqlite import SCHEMA_VERSION, SQLiteBackend, SQLiteOptions
+from topgun.storage.writebehind import WriteBehind, WriteBehindConfig
 from topgun.storage.writer import Commit, StorageWriter
 
 __all__ = [
@@ -60,6 +66,7 @@ __all__ = [
     "CodecPipeline",
     "Commit",
     "ContextualCodec",
+    "DeferredDurability",
     "DeleteKey",
     "InvalidChangeError",
     "LWWSnapshot",
@@ -76,6 +83,7 @@ __all__ = [
     "PutRecord",
     "RecodableBackend",
     "RemoveORTag",
+    "ReportsStatus",
     "SQLiteBackend",
     "SQLiteOptions",
     "StorageBackend",
@@ -83,11 +91,16 @@ __all__ = [
     "StorageConfigError",
     "StorageCorruptError",
     "StorageError",
+    "StorageFullError",
     "StorageOpenError",
+    "StorageStatus",
+    "StorageUnavailableError",
     "StorageWriteError",
     "StorageWriter",
     "StoredValue",
     "ValueCodecError",
+    "WriteBehind",
+    "WriteBehindConfig",
     "check_batch",
     "codec_pipeline",
     "open_configured_storage",

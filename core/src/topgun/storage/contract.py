@@ -372,6 +372,44 @@ class RecodableBackend(StorageBackend, Protocol):
         ...
 
 
+class StorageStatus(msgspec.Struct, frozen=True):
+    """How a backend is doing, for `/ready` and `/metrics` (see `ReportsStatus`)."""
+
+    available: bool = True
+    """False while the backend cannot commit (a lost connection being retried)."""
+    problem: str | None = None
+    """What is wrong while `available` is false (the last error)."""
+    retries: int = 0
+    """Failed attempts retried since the backend was opened."""
+    staged: int = 0
+    """Changes accepted but not yet durable (a write-behind wrapper's backlog)."""
+
+
+@runtime_checkable
+class ReportsStatus(Protocol):
+    """A backend (or wrapper) that can tell whether it is able to commit. Optional: the
+    server treats a backend without `status()` as always available."""
+
+    def status(self) -> StorageStatus:
+        """The current status; cheap, called on every `/ready` and metrics scrape."""
+        ...
+
+
+@runtime_checkable
+class DeferredDurability(Protocol):
+    """A backend (a write-behind wrapper) whose `store_batch` returns once the changes are
+    staged, before they are durable. `StorageWriter` then finishes a `Commit` only once
+    `wait_durable(mark)` returned for the mark taken right after its `store_batch`."""
+
+    def durability_mark(self) -> int:
+        """A mark covering every change staged so far."""
+        ...
+
+    async def wait_durable(self, mark: int) -> None:
+        """Return once every change covered by `mark` is durable in the inner backend."""
+        ...
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """What a backend factory (and a wrapper) is built from."""
@@ -382,6 +420,21 @@ class BackendConfig:
     """The configured value codecs; backends pass every persisted value through them."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """The backend's own options (the configuration's `[storage.options]`)."""
+    sections: Mapping[str, Any] = field(default_factory=dict)
+    """The server configuration's plugin sections (`register_config_sections`) by name,
+    validated: where a plugin backend or wrapper finds its own table (`[postgres]`)."""
+
+    def section_as(self, name: str, section_type: type[T]) -> T:
+        """Section `name` as `section_type`; its defaults when the configuration has none."""
+        found = self.sections.get(name)
+        if found is None:
+            return section_type()
+        if not isinstance(found, section_type):
+            raise StorageConfigError(
+                f"configuration section [{name}] is a {type(found).__name__}, "
+                f"expected {section_type.__name__}"
+            )
+        return found
 
     def options_as(self, options_type: type[T], backend: str) -> T:
         """`options` converted to `options_type` (a msgspec Struct); an unknown key or a bad

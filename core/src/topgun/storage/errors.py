@@ -56,3 +56,14 @@ class StorageWriteError(StorageError):
     Raised by `Commit.wait()` to every submitter whose changes were in that transaction;
     `__cause__` is the backend's error.
     """
+
+
+class StorageFullError(StorageError):
+    """A write-behind wrapper's staging area is at its limit and it was made to refuse
+    (`WriteBehind(..., when_full="refuse")`): the batch was not accepted, nothing of it
+    was staged."""
+
+
+class StorageUnavailableError(StorageError):
+    """The backend could not be reached (a lost database connection) for longer than it is
+    configured to retry; nothing of the batch was committed."""

@@ -57,14 +57,19 @@ def open_storage(
     wrappers: Sequence[str] = (),
     options: Mapping[str, Any] | None = None,
     config: Any = None,
+    sections: Mapping[str, Any] | None = None,
 ) -> StorageBackend:
     """Build the configured backend, with its codecs, wrapped in `wrappers` (innermost
     first). `config` is the server configuration codec plugins read their sections from
-    (`None`: none). The result is not initialized yet: call `await backend.initialize()`."""
+    (`None`: none); `sections` are its plugin sections, where plugin backends and wrappers
+    find their settings. The result is not initialized yet: call
+    `await backend.initialize()`."""
     registered = collect_registrations(pm.hook.register_storage)
     chosen = _chosen("storage backend", backend, registered)
     pipeline = codec_pipeline(pm, codecs, config=config)
-    backend_config = BackendConfig(Path(data_dir), pipeline, dict(options or {}))
+    backend_config = BackendConfig(
+        Path(data_dir), pipeline, dict(options or {}), dict(sections or {})
+    )
     result = _checked_backend(
         chosen.obj(backend_config), f"storage backend {backend!r} (plugin {chosen.plugin})"
     )
@@ -81,7 +86,8 @@ def open_storage(
 
 def open_configured_storage(pm: pluggy.PluginManager, config: Any) -> StorageBackend:
     """`open_storage` as a server configuration (`topgun.server.ServerConfig`) says: its
-    data directory, `[storage]` table, and plugin sections for the codecs."""
+    data directory, `[storage]` table, and plugin sections (for the codecs, the backend and
+    the wrappers)."""
     storage = config.storage
     return open_storage(
         pm,
@@ -91,4 +97,5 @@ def open_configured_storage(pm: pluggy.PluginManager, config: Any) -> StorageBac
         wrappers=storage.wrappers,
         options=storage.options,
         config=config,
+        sections=config.sections,
     )

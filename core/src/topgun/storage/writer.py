@@ -12,6 +12,9 @@ one commits a lone write at once, with no timer involved.
   `StorageWriteError` whose cause is the backend's error; the writer goes on with the next.
 - The queue is bounded (`max_queued` changes): `submit` waits for room (backpressure).
 - Leaving the `async with` block commits everything submitted before it (drains).
+- Over a backend with `DeferredDurability` (write-behind), a `Commit` finishes only once
+  the changes are durable in the backend behind it, not when they are staged; the
+  committer goes on with the next transaction meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from topgun.storage.contract import Change, StorageBackend, check_batch
+from topgun.storage.contract import Change, DeferredDurability, StorageBackend, check_batch
 from topgun.storage.errors import StorageClosedError, StorageWriteError
 
 
@@ -100,6 +103,10 @@ class StorageWriter:
         self.transactions = 0
         """How many transactions were attempted."""
         self._clock = clock
+        self._deferred = backend if isinstance(backend, DeferredDurability) else None
+        self._durable_queue: deque[tuple[int, list[Commit]]] = deque()
+        self._durable_wakeup = anyio.Event()
+        self._durable_stopped = anyio.Event()
         self._queue: deque[tuple[list[Change], Commit]] = deque()
         self._queued = 0
         self._in_flight: list[Commit] = []
@@ -123,6 +130,10 @@ class StorageWriter:
         task_group = self._task_group = anyio.create_task_group()
         await task_group.__aenter__()
         task_group.start_soon(self._run)
+        if self._deferred is not None:
+            task_group.start_soon(self._run_durable, self._deferred)
+        else:
+            self._durable_stopped.set()
         return self
 
     async def __aexit__(
@@ -150,6 +161,7 @@ class StorageWriter:
         self._wakeup.set()
         self._room.set()
         await self._stopped.wait()
+        await self._durable_stopped.wait()
 
     async def submit(self, changes: Sequence[Change]) -> Commit:
         """Queue `changes` for the next transaction; return its `Commit` (await its
@@ -224,6 +236,7 @@ class StorageWriter:
             self._queued = 0
             self._room.set()
             self._stopped.set()
+            self._durable_wakeup.set()
 
     async def _commit(self, changes: list[Change], commits: list[Commit]) -> None:
         started = self._clock()
@@ -234,8 +247,43 @@ class StorageWriter:
             for commit in commits:
                 commit._finish(exc)
         else:
-            for commit in commits:
-                commit._finish()
+            if self._deferred is None:
+                for commit in commits:
+                    commit._finish()
+            else:
+                self._durable_queue.append((self._deferred.durability_mark(), commits))
+                self._durable_wakeup.set()
         finally:
             self.last_flush_seconds = self._clock() - started
             self.last_flush_changes = len(changes)
+
+    async def _run_durable(self, backend: DeferredDurability) -> None:
+        """Finish staged transactions' commits, in order, once each is durable."""
+        try:
+            while True:
+                if not self._durable_queue:
+                    if self._stopped.is_set():
+                        return
+                    await self._durable_wakeup.wait()
+                    self._durable_wakeup = anyio.Event()
+                    continue
+                mark, commits = self._durable_queue[0]
+                try:
+                    await backend.wait_durable(mark)
+                except Exception as exc:
+                    for commit in commits:
+                        commit._finish(exc)
+                else:
+                    for commit in commits:
+                        commit._finish()
+                self._durable_queue.popleft()
+        finally:
+            stopped = StorageClosedError(
+                "the storage writer stopped before this batch was durable; "
+                "it may or may not have been committed"
+            )
+            for _, commits in self._durable_queue:
+                for commit in commits:
+                    commit._finish(stopped)
+            self._durable_queue.clear()
+            self._durable_stopped.set()
