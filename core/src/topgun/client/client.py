@@ -1,0 +1,199 @@
+"""`TopGunClient`: the async (anyio) client an application holds.
+
+    async with TopGunClient("ws://localhost:8080", token=token) as client:
+        todos = client.map("todos")
+        todos.set("t1", {"title": "write docs"})
+
+Entering opens the local store, loads the maps and the oplog, and starts keeping a
+connection up in the background; the client works offline from the first moment.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from topgun.client.backoff import Backoff
+from topgun.client.clock import Clock, SystemClock
+from topgun.client.connection import ConnectionState, Connector
+from topgun.client.engine import ConflictEvent, Engine, TokenSource
+from topgun.client.maps import LWWMapHandle, ORMapHandle
+from topgun.client.store import MemoryStore, Store
+from topgun.client.websocket import WebSocketConnector
+
+__all__ = ["TopGunClient"]
+
+
+class TopGunClient:
+    """An offline-first client of one topgun server (an async context manager).
+
+    - `url`: `ws://` or `wss://` address of the server, or give `connector=` instead (any
+      `Connector`: HTTP polling, an in-memory transport, …);
+    - `token=` a JWT, or `token_provider=` a callable (sync or async) asked for a token on
+      every (re)connect, which is how a token is refreshed;
+    - `store=`: `MemoryStore()` (default) or `SQLiteStore(path)` to survive restarts;
+    - `backoff`, `heartbeat_interval`/`heartbeat_timeout` (s), `auth_timeout` (s);
+    - `clock` and `rng` are injected (simulation runs the client on virtual time).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        token_provider: TokenSource | None = None,
+        store: Store | None = None,
+        connector: Connector | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        backoff: Backoff | None = None,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 15.0,
+        auth_timeout: float = 15.0,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if (url is None) == (connector is None):
+            raise ValueError("give exactly one of url= and connector=")
+        if connector is None:
+            assert url is not None
+            connector = WebSocketConnector(url, ssl_context=ssl_context)
+        for name, value in (
+            ("heartbeat_interval", heartbeat_interval),
+            ("heartbeat_timeout", heartbeat_timeout),
+            ("auth_timeout", auth_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ValueError("token must be a non-empty str")
+        if token_provider is not None and not callable(token_provider):
+            raise TypeError("token_provider must be callable")
+        self._engine = Engine(
+            connector,
+            store if store is not None else MemoryStore(),
+            token=token,
+            token_provider=token_provider,
+            clock=clock or SystemClock(),
+            rng=rng or random.Random(),
+            backoff=backoff or Backoff(),
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            auth_timeout=auth_timeout,
+        )
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._lwws: dict[str, LWWMapHandle] = {}
+        self._ors: dict[str, ORMapHandle] = {}
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> TopGunClient:
+        if self._tg is not None:
+            raise RuntimeError("the client is already running")
+        await self._engine.load()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._engine.run_persister)
+        tg.start_soon(self._engine.run_connection)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        return None
+
+    async def aclose(self) -> None:
+        """Stop syncing, make every local write durable, close the store."""
+        tg, self._tg = self._tg, None
+        if tg is None:
+            return
+        tg.cancel_scope.cancel()
+        try:
+            await tg.__aexit__(None, None, None)
+        finally:
+            self._engine.close()
+            with anyio.CancelScope(shield=True):
+                await self._engine.store.aclose()
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """The connection state now."""
+        return self._engine.state
+
+    @property
+    def node_id(self) -> str:
+        """This client's HLC node id (kept by the store across restarts)."""
+        return self._engine.node_id
+
+    def on_state_change(self, listener: Callable[[ConnectionState], None]) -> Callable[[], None]:
+        """Call `listener(state)` on every connection state change; returns an unsubscribe."""
+        self._engine.state_listeners.append(listener)
+        return lambda: _discard(self._engine.state_listeners, listener)
+
+    async def connected(self) -> None:
+        """Wait until connected and authenticated; raises AuthError if the token is refused."""
+        await self._engine.wait_state(ConnectionState.CONNECTED)
+
+    def reconnect(self) -> None:
+        """Reconnect now: after an AuthError (with a refreshed token), or to skip a backoff."""
+        self._engine.request_reconnect()
+
+    async def flush(self) -> None:
+        """Return once every local write so far is durable in the local store."""
+        await self._engine.flush_local()
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes not yet acknowledged by the server (the oplog's length)."""
+        return len(self._engine.oplog)
+
+    async def settled(self) -> None:
+        """Wait until the server acknowledged every write made so far and every open map
+        finished its sync on the current connection (connecting first if need be)."""
+        await self._engine.wait_settled()
+
+    @property
+    def traffic(self) -> tuple[int, int]:
+        """Bytes `(sent, received)` over every connection so far."""
+        return self._engine.bytes_sent, self._engine.bytes_received
+
+    # -- data ----------------------------------------------------------------------------
+
+    def map(self, name: str) -> LWWMapHandle:
+        """The LWW map `name`: opened (synced and watched) on first use."""
+        handle = self._lwws.get(name)
+        if handle is None:
+            handle = self._lwws[name] = LWWMapHandle(
+                self._engine, self._engine.open_map(name, "lww")
+            )
+        return handle
+
+    def ormap(self, name: str) -> ORMapHandle:
+        """The OR-Map `name`: opened (synced and watched) on first use."""
+        handle = self._ors.get(name)
+        if handle is None:
+            handle = self._ors[name] = ORMapHandle(self._engine, self._engine.open_map(name, "or"))
+        return handle
+
+    def on_conflict(self, listener: Callable[[ConflictEvent], None]) -> Callable[[], None]:
+        """Call `listener(event)` for every write a server-side conflict resolver rejected
+        (`MERGE_REJECTED`); returns an unsubscribe."""
+        self._engine.conflict_listeners.append(listener)
+        return lambda: _discard(self._engine.conflict_listeners, listener)
+
+
+def _discard(items: list[Any], item: Any) -> None:
+    if item in items:
+        items.remove(item)
