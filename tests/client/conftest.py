@@ -15,7 +15,8 @@ import pytest
 _spec = importlib.util.spec_from_file_location(
     "topgun_tests_server_conftest", Path(__file__).parents[1] / "server" / "conftest.py"
 )
-assert _spec is not None and _spec.loader is not None
+assert _spec is not None
+assert _spec.loader is not None
 server_fixtures = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = server_fixtures
 _spec.loader.exec_module(server_fixtures)
@@ -69,27 +70,31 @@ class CuttingProxy:
 
     async def _handle(self, client: anyio.abc.SocketStream) -> None:
         self.accepted += 1
-        with anyio.CancelScope() as scope:
-            self._scopes.add(scope)
+        async with client:
             try:
                 upstream = await anyio.connect_tcp("127.0.0.1", self.upstream_port)
             except OSError:
-                await client.aclose()
                 return
-            async with client, upstream, anyio.create_task_group() as tg:
-                tg.start_soon(self._pipe, client, upstream)
-                await self._pipe(upstream, client)
-                tg.cancel_scope.cancel()
-        self._scopes.discard(scope)
-        with anyio.CancelScope(shield=True):
-            await client.aclose()
+            async with upstream:
+                with anyio.CancelScope() as scope:
+                    self._scopes.add(scope)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._pipe, client, upstream)
+                        await self._pipe(upstream, client)
+                        tg.cancel_scope.cancel()
+                self._scopes.discard(scope)
 
 
 async def start_proxy(tg: anyio.abc.TaskGroup, upstream_port: int) -> CuttingProxy:
     proxy = CuttingProxy(upstream_port)
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     proxy.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    tg.start_soon(listener.serve, proxy._handle)
+
+    async def serve() -> None:
+        async with listener:
+            await listener.serve(proxy._handle)
+
+    tg.start_soon(serve)
     return proxy
 
 

@@ -12,22 +12,58 @@ from __future__ import annotations
 
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 
 from topgun.client.backoff import Backoff
 from topgun.client.clock import Clock, SystemClock
 from topgun.client.connection import ConnectionState, Connector
+from topgun.client.counters import Counter
 from topgun.client.engine import ConflictEvent, Engine, TokenSource
+from topgun.client.errors import ProcessorError, RequestError
+from topgun.client.journal import Journal
+from topgun.client.live import LiveQuery, LiveSearch, Row
+from topgun.client.locks import Lock
 from topgun.client.maps import LWWMapHandle, ORMapHandle
 from topgun.client.store import MemoryStore, Store
+from topgun.client.topics import Topic
 from topgun.client.websocket import WebSocketConnector
+from topgun.protocol import (
+    EntryProcess,
+    EntryProcessResponse,
+    PredicateNode,
+    ProcessorSpec,
+    Search,
+    SearchOptions,
+    SearchPayload,
+    SearchResp,
+    SortDirection,
+)
+from topgun.query import parse_query
 
-__all__ = ["TopGunClient"]
+__all__ = ["ProcessResult", "SearchResult", "TopGunClient"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    """What an entry processor returned: its `result`, and `new_value` when it wrote one."""
+
+    result: Any
+    new_value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """A one-shot search: ranked rows and the number of matches before `limit`."""
+
+    rows: list[Row]
+    total_count: int
 
 
 class TopGunClient:
@@ -89,6 +125,10 @@ class TopGunClient:
         self._tg: anyio.abc.TaskGroup | None = None
         self._lwws: dict[str, LWWMapHandle] = {}
         self._ors: dict[str, ORMapHandle] = {}
+        self._topics: dict[str, Topic] = {}
+        self._counters: dict[str, Counter] = {}
+        self.journal = Journal(self._engine)
+        """The server's event journal: `await client.journal.read(...)`, `.subscribe(...)`."""
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -187,11 +227,144 @@ class TopGunClient:
             handle = self._ors[name] = ORMapHandle(self._engine, self._engine.open_map(name, "or"))
         return handle
 
+    def query(
+        self,
+        map_name: str,
+        where: Mapping[str, Any] | None = None,
+        *,
+        predicate: PredicateNode | Mapping[str, Any] | None = None,
+        sort: Mapping[str, SortDirection] | None = None,
+        limit: int | None = None,
+    ) -> LiveQuery:
+        """A live query on `map_name` (PROTOCOL.md §7): `where` (`{field: value | {"$gt": …}}`)
+        or `predicate` (`{"op": "and", "children": [...]}`), `sort` (`{field: "asc"|"desc"}`),
+        `limit`. Validated here (QueryError for a bad query); `await result.ready()` for the
+        first snapshot, then `async for change in result`."""
+        wire: dict[str, Any] = {}
+        if where is not None:
+            wire["where"] = dict(where)
+        if predicate is not None:
+            wire["predicate"] = (
+                predicate if isinstance(predicate, Mapping) else msgspec.to_builtins(predicate)
+            )
+        if sort is not None:
+            wire["sort"] = dict(sort)
+        if limit is not None:
+            wire["limit"] = limit
+        compiled = parse_query(wire)
+        live = LiveQuery(self._engine, self._engine.new_id(), map_name, compiled)
+        self._engine.subscribe(live.id, live)
+        return live
+
+    async def search(
+        self,
+        map_name: str,
+        text: str,
+        *,
+        limit: int | None = None,
+        min_score: float | None = None,
+        boost: Mapping[str, float] | None = None,
+    ) -> SearchResult:
+        """A one-shot full-text search (BM25) of a map the server indexes."""
+        request_id = self._engine.new_id()
+        reply = await self._engine.request(
+            request_id,
+            Search(
+                payload=SearchPayload(
+                    request_id=request_id,
+                    map_name=map_name,
+                    query=text,
+                    options=_search_options(limit, min_score, boost),
+                )
+            ),
+        )
+        if not isinstance(reply, SearchResp):
+            raise RequestError(f"unexpected reply {type(reply).__name__}")
+        if reply.payload.error is not None:
+            raise RequestError(reply.payload.error)
+        rows = [Row(r.key, r.value, r.score, tuple(r.matched_terms)) for r in reply.payload.results]
+        return SearchResult(rows, reply.payload.total_count)
+
+    def live_search(
+        self,
+        map_name: str,
+        text: str,
+        *,
+        limit: int | None = None,
+        min_score: float | None = None,
+        boost: Mapping[str, float] | None = None,
+    ) -> LiveSearch:
+        """A live full-text search: ranked rows, then ENTER/UPDATE/REMOVE as documents
+        start or stop matching or change."""
+        if not isinstance(text, str):
+            raise TypeError(f"search text must be a str, got {type(text).__name__}")
+        live = LiveSearch(
+            self._engine,
+            self._engine.new_id(),
+            map_name,
+            text,
+            _search_options(limit, min_score, boost),
+        )
+        self._engine.subscribe(live.id, live)
+        return live
+
+    def topic(self, name: str) -> Topic:
+        """The topic `name` (publish / subscribe)."""
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = Topic(self._engine, name)
+        return topic
+
+    def lock(self, name: str, *, ttl_ms: int = 10_000) -> Lock:
+        """A handle on the distributed lock `name` (`async with`; `.fencing_token`)."""
+        return Lock(self._engine, name, ttl_ms)
+
+    def counter(self, name: str) -> Counter:
+        """The PN counter `name`."""
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = Counter(self._engine, name)
+        return counter
+
+    async def process(
+        self, map_name: str, key: str, processor: str, args: Any = None
+    ) -> ProcessResult:
+        """Run the server-side entry processor `processor` (e.g. `"builtin:increment"`)
+        atomically on one key. Raises ProcessorError if it failed, NotConnectedError if the
+        connection dropped before the answer (it may have run; it is not repeated)."""
+        request_id = self._engine.new_id()
+        reply = await self._engine.request(
+            request_id,
+            EntryProcess(
+                request_id=request_id,
+                map_name=map_name,
+                key=key,
+                processor=ProcessorSpec(name=processor, args=args),
+            ),
+        )
+        if not isinstance(reply, EntryProcessResponse):
+            raise RequestError(f"unexpected reply {type(reply).__name__}")
+        if not reply.success:
+            raise ProcessorError(reply.error or "processor failed")
+        return ProcessResult(_present(reply.result), _present(reply.new_value))
+
     def on_conflict(self, listener: Callable[[ConflictEvent], None]) -> Callable[[], None]:
         """Call `listener(event)` for every write a server-side conflict resolver rejected
         (`MERGE_REJECTED`); returns an unsubscribe."""
         self._engine.conflict_listeners.append(listener)
         return lambda: _discard(self._engine.conflict_listeners, listener)
+
+
+def _present(value: Any) -> Any:
+    return None if value is msgspec.UNSET else value
+
+
+def _search_options(
+    limit: int | None, min_score: float | None, boost: Mapping[str, float] | None
+) -> SearchOptions | None:
+    if limit is None and min_score is None and boost is None:
+        return None
+    return SearchOptions(limit=limit, min_score=min_score, boost=dict(boost) if boost else None)
 
 
 def _discard(items: list[Any], item: Any) -> None:

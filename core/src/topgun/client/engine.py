@@ -19,7 +19,7 @@ import math
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import anyio
 import anyio.abc
@@ -236,13 +236,14 @@ class Engine:
     def _restore_maps(self, state: StoredState) -> Timestamp | None:
         assert self.hlc is not None
         newest: Timestamp | None = None
-        kinds = {
-            name[5:]: value for name, value in state.meta.items() if name.startswith("kind:")
-        }
+        top: Timestamp | None
+        kinds = {name[5:]: value for name, value in state.meta.items() if name.startswith("kind:")}
         for name in (*state.lww, *state.or_records, *state.or_tombstones, *kinds):
             if name in self.maps:
                 continue
-            kind: MapKind = "or" if name in state.or_records or name in state.or_tombstones else "lww"
+            kind: MapKind = (
+                "or" if name in state.or_records or name in state.or_tombstones else "lww"
+            )
             kind = kinds.get(name, kind)
             last_sync = state.meta.get(f"sync:{name}", 0)
             ms = self._new_map(name, kind, last_sync if isinstance(last_sync, int) else 0)
@@ -310,7 +311,7 @@ class Engine:
             raise TypeError(f"map {name!r} is {other} here; open it with the matching method")
         if not ms.open:
             ms.open = True
-            if self.state is ConnectionState.CONNECTED:
+            if self._outgoing is not None:
                 self._start_sync(ms)
                 self._send(self._watch_message(ms))
         return ms
@@ -328,7 +329,7 @@ class Engine:
         self.store.append_ops([(op_id, op)])
         self.store.set_meta("next_op_id", self._next_op_id)
         self._persist()
-        if self.state is ConnectionState.CONNECTED:
+        if self._outgoing is not None:
             self._queue_ops([op_id])
         return handle
 
@@ -347,9 +348,7 @@ class Engine:
             ClientOp(map_name=ms.name, key=key, op_type="PUT", record=record), write_concern
         )
 
-    def lww_remove(
-        self, ms: MapState, key: str, write_concern: WriteConcern | None
-    ) -> WriteHandle:
+    def lww_remove(self, ms: MapState, key: str, write_concern: WriteConcern | None) -> WriteHandle:
         assert isinstance(ms.crdt, LWWMap)
         _check_write_concern(write_concern)
         record = ms.crdt.remove(key)
@@ -593,7 +592,9 @@ class Engine:
         while True:
             await self.clock.sleep(self.heartbeat_interval)
             if self.clock.monotonic() - self._last_received > self.heartbeat_timeout:
-                logger.info("no frame from the server for %.1f s: reconnecting", self.heartbeat_timeout)
+                logger.info(
+                    "no frame from the server for %.1f s: reconnecting", self.heartbeat_timeout
+                )
                 scope.cancel()
                 return
             self._send(Ping(timestamp=self.clock.wall_ms()))
@@ -651,7 +652,7 @@ class Engine:
     def subscribe(self, key: str, sub: Subscription) -> None:
         """Register `sub` under correlation id `key` and send its message if connected."""
         self.subscriptions[key] = sub
-        if self.state is ConnectionState.CONNECTED:
+        if self._outgoing is not None:
             message = sub.subscribe_message()
             if message is not None:
                 self._send(message)
@@ -663,7 +664,7 @@ class Engine:
 
     def send(self, message: Message) -> bool:
         """Send a message now if connected; False if there is no connection."""
-        if self.state is not ConnectionState.CONNECTED:
+        if self._outgoing is None:
             return False
         self._send(message)
         return True
@@ -740,7 +741,11 @@ class Engine:
 
     def _on_merge_rejected(self, message: MergeRejected) -> None:
         event = ConflictEvent(
-            message.map_name, message.key, message.attempted_value, message.reason, message.timestamp
+            message.map_name,
+            message.key,
+            message.attempted_value,
+            message.reason,
+            message.timestamp,
         )
         for listener in tuple(self.conflict_listeners):
             try:
@@ -758,10 +763,13 @@ class Engine:
                     ms.crdt.merge(event.key, event.record)
             elif event.event_type == "OR_ADD" and event.or_record is not None:
                 ms.crdt.apply(event.key, event.or_record)
-            elif event.event_type == "OR_REMOVE" and event.or_tag is not None:
-                if ms.crdt.apply_tombstone(event.or_tag):
-                    self.store.put_or_tombstones(ms.name, [(event.or_tag, None)])
-                    self._persist()
+            elif (
+                event.event_type == "OR_REMOVE"
+                and event.or_tag is not None
+                and ms.crdt.apply_tombstone(event.or_tag)
+            ):
+                self.store.put_or_tombstones(ms.name, [(event.or_tag, None)])
+                self._persist()
         except (TypeError, ValueError) as exc:
             logger.warning("ignored an invalid event for %s/%s: %s", event.map_name, event.key, exc)
 
@@ -882,13 +890,13 @@ class Engine:
         if isinstance(ms.crdt, ORMap):
             # Leaves only this client has: push their keys (§6.4 step 3).
             only_here = [
-                payload.path + d
-                for d, h in local.items()
-                if d not in payload.buckets and h != 0
+                payload.path + d for d, h in local.items() if d not in payload.buckets and h != 0
             ]
             if only_here:
                 keys = [
-                    k for k in ms.crdt.all_keys() if f"{fnv1a32(k):08x}".startswith(tuple(only_here))
+                    k
+                    for k in ms.crdt.all_keys()
+                    if f"{fnv1a32(k):08x}".startswith(tuple(only_here))
                 ]
                 self._push_or_keys(ms, keys)
         self._sync_step_done(ms)
@@ -935,7 +943,9 @@ class Engine:
         ]
         entries = [e for e in entries if e.records or e.tombstones]
         if entries:
-            self._send(ORMapPushDiff(payload=ORMapEntriesPayload(map_name=ms.name, entries=entries)))
+            self._send(
+                ORMapPushDiff(payload=ORMapEntriesPayload(map_name=ms.name, entries=entries))
+            )
 
     def _on_or_diff(self, message: ORMapDiffResponse) -> None:
         ms = self.maps.get(message.payload.map_name)
@@ -961,7 +971,7 @@ class Engine:
         self._persist()
         self._start_sync(fresh, 0)
 
-    _handlers: dict[type, Callable[[Engine, Any], None]] = {
+    _handlers: ClassVar[dict[type, Callable[[Engine, Any], None]]] = {
         OpAck: _on_op_ack,
         OpRejected: _on_op_rejected,
         MergeRejected: _on_merge_rejected,
@@ -1029,8 +1039,7 @@ def _int_id(text: str) -> int | None:
 def _check_write_concern(write_concern: object) -> None:
     if write_concern is not None and write_concern not in WRITE_CONCERN_LEVELS:
         raise ValueError(
-            f"write_concern must be one of {', '.join(WRITE_CONCERN_LEVELS)}, "
-            f"got {write_concern!r}"
+            f"write_concern must be one of {', '.join(WRITE_CONCERN_LEVELS)}, got {write_concern!r}"
         )
 
 

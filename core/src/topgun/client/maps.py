@@ -137,7 +137,7 @@ class ORMapHandle(_MapHandle):
 
     def items(self) -> list[tuple[str, list[Any]]]:
         crdt = self._or()
-        return [(key, crdt.values(key)) for key in crdt.keys()]
+        return [(key, crdt.values(key)) for key in list(crdt.keys())]
 
     def __repr__(self) -> str:
         return f"<ORMapHandle {self.name!r}>"

@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS oplog (
 );
 """
 
-_Step = Callable[[sqlite3.Connection], None]
+_Step = Callable[[sqlite3.Connection], object]
 
 
 class SQLiteStore:
@@ -186,9 +186,14 @@ class SQLiteStore:
         def step(db: sqlite3.Connection) -> None:
             for tag, key in tags:
                 if key is None:
-                    db.execute("INSERT OR IGNORE INTO or_tombstones VALUES (?, ?, NULL)", (map_name, tag))
+                    db.execute(
+                        "INSERT OR IGNORE INTO or_tombstones VALUES (?, ?, NULL)", (map_name, tag)
+                    )
                 else:
-                    db.execute("INSERT OR REPLACE INTO or_tombstones VALUES (?, ?, ?)", (map_name, tag, key))
+                    db.execute(
+                        "INSERT OR REPLACE INTO or_tombstones VALUES (?, ?, ?)",
+                        (map_name, tag, key),
+                    )
                 db.execute("DELETE FROM or_records WHERE map = ? AND tag = ?", (map_name, tag))
 
         self._queue.append(step)
@@ -210,7 +215,10 @@ class SQLiteStore:
 
     def append_ops(self, ops: list[tuple[int, ClientOp]]) -> None:
         def step(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT OR REPLACE INTO oplog VALUES (?, ?, ?, ?, ?)", [self._encode_op(i, op) for i, op in ops])
+            db.executemany(
+                "INSERT OR REPLACE INTO oplog VALUES (?, ?, ?, ?, ?)",
+                [self._encode_op(i, op) for i, op in ops],
+            )
 
         self._queue.append(step)
 
@@ -219,11 +227,11 @@ class SQLiteStore:
         bare = op
         if op.record is not None and op.record.value is not None:
             value = self.codecs.pack(op.record.value, CodecContext("lww", op.map_name, op.key))
-            bare = msgspec.structs.replace(op, record=msgspec.structs.replace(op.record, value=None))
-        elif op.or_record is not None:
-            value = self.codecs.pack(
-                op.or_record.value, CodecContext("ormap", op.map_name, op.key)
+            bare = msgspec.structs.replace(
+                op, record=msgspec.structs.replace(op.record, value=None)
             )
+        elif op.or_record is not None:
+            value = self.codecs.pack(op.or_record.value, CodecContext("ormap", op.map_name, op.key))
             bare = msgspec.structs.replace(
                 op, or_record=msgspec.structs.replace(op.or_record, value=None)
             )

@@ -7,6 +7,7 @@ framing, handshake, ping replies and close handshake.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from urllib.parse import urlsplit
 
@@ -115,17 +116,13 @@ class WebSocketConnection(Connection):
         return None
 
     async def _send_quietly(self, event: Event) -> None:
-        try:
+        with contextlib.suppress(ConnectionClosed):
             await self._send_raw(event)
-        except ConnectionClosed:
-            pass
 
     async def _abort(self) -> None:
         with anyio.CancelScope(shield=True):
-            try:
+            with contextlib.suppress(OSError, anyio.BrokenResourceError):
                 await self._stream.aclose()
-            except (OSError, anyio.BrokenResourceError):
-                pass
 
     async def aclose(self) -> None:
         if self._closed is None:
@@ -170,14 +167,16 @@ class WebSocketConnector:
 
     async def connect(self) -> WebSocketConnection:
         with anyio.fail_after(self.connect_timeout):
-            stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                self.host,
-                self.port,
-                ssl_context=(self.ssl_context or ssl.create_default_context())
-                if self.tls
-                else None,
-                tls_standard_compatible=False,
-            )
+            stream: anyio.abc.ByteStream
+            if self.tls:
+                stream = await anyio.connect_tcp(
+                    self.host,
+                    self.port,
+                    ssl_context=self.ssl_context or ssl.create_default_context(),
+                    tls_standard_compatible=False,
+                )
+            else:
+                stream = await anyio.connect_tcp(self.host, self.port)
             try:
                 return await self._handshake(stream)
             except BaseException:
