@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import pytest
 
-from topgun.client import Backoff, ConnectionState, SQLiteStore, TopGunClient
+from topgun.client import Backoff, ConnectionState, TopGunClient
 
 pytestmark = pytest.mark.anyio
 
@@ -196,7 +196,7 @@ async def test_every_write_arrives_exactly_once_across_random_connection_cuts(
                 if rng.random() < 0.004:
                     # Cut a live connection (a new one since the last cut), mid-stream.
                     await until(
-                        lambda: (
+                        lambda cut_at=cut_at: (
                             proxy.accepted > cut_at and writer.state is ConnectionState.CONNECTED
                         ),
                         kit.DEADLINE,

@@ -39,6 +39,9 @@ from topgun.protocol import (
     EntryProcessResponse,
     PredicateNode,
     ProcessorSpec,
+    RegisterResolver,
+    RegisterResolverResponse,
+    ResolverSpec,
     Search,
     SearchOptions,
     SearchPayload,
@@ -347,6 +350,30 @@ class TopGunClient:
         if not reply.success:
             raise ProcessorError(reply.error or "processor failed")
         return ProcessResult(_present(reply.result), _present(reply.new_value))
+
+    async def register_resolver(
+        self,
+        map_name: str,
+        resolver: str,
+        *,
+        priority: int | None = None,
+        key_pattern: str | None = None,
+    ) -> None:
+        """Bind the server-side conflict resolver `resolver` (e.g.
+        `"builtin:first_write_wins"`) to a map; rejected writes then reach `on_conflict`
+        listeners. Raises RequestError if the server refused."""
+        request_id = self._engine.new_id()
+        reply = await self._engine.request(
+            request_id,
+            RegisterResolver(
+                request_id=request_id,
+                map_name=map_name,
+                resolver=ResolverSpec(name=resolver, priority=priority, key_pattern=key_pattern),
+            ),
+        )
+        if not isinstance(reply, RegisterResolverResponse) or not reply.success:
+            error = getattr(reply, "error", None) or type(reply).__name__
+            raise RequestError(f"register_resolver({resolver!r}) failed: {error}")
 
     def on_conflict(self, listener: Callable[[ConflictEvent], None]) -> Callable[[], None]:
         """Call `listener(event)` for every write a server-side conflict resolver rejected

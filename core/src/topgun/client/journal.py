@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
 
 from topgun.client.engine import Engine
 from topgun.client.errors import RequestError
+from topgun.client.feeds import Feed, FeedIterator
 from topgun.protocol import (
     JournalEvent,
     JournalEventMessage,
@@ -53,17 +53,17 @@ class JournalStream:
         self.next_sequence = from_sequence
         self.map_name = map_name
         self.types = list(types) if types is not None else None
-        self._send, self._receive = anyio.create_memory_object_stream[JournalEvent](math.inf)
+        self._feed: Feed[JournalEvent] = Feed()
+        self._iterator = self._feed.open()
         self.error: Exception | None = None
         engine.subscribe(self.id, self)
 
-    async def __aiter__(self) -> AsyncIterator[JournalEvent]:
-        async for event in self._receive:
-            yield event
+    def __aiter__(self) -> FeedIterator[JournalEvent]:
+        return self._iterator
 
     async def close(self) -> None:
         self._engine.unsubscribe(self.id, JournalUnsubscribe(subscription_id=self.id))
-        self._send.close()
+        self._feed.close()
         await anyio.lowlevel.checkpoint()
 
     def subscribe_message(self) -> Message:
@@ -80,14 +80,14 @@ class JournalStream:
             if self.next_sequence is not None and int(event.sequence) < int(self.next_sequence):
                 return  # replayed again after a reconnect
             self.next_sequence = str(int(event.sequence) + 1)
-            self._send.send_nowait(event)
+            self._feed.publish(event)
 
     def disconnected(self) -> None:
         pass
 
     def fail(self, error: Exception) -> None:
         self.error = error
-        self._send.close()
+        self._feed.close()
 
 
 class Journal:

@@ -10,17 +10,16 @@ difference as changes and never a gap.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from topgun.client.engine import Engine
 from topgun.client.errors import RequestError
+from topgun.client.feeds import Feed, FeedIterator
 from topgun.protocol import (
     Message,
     QueryResp,
@@ -75,7 +74,7 @@ class LiveResult:
         self.map_name = map_name
         self._rows: dict[str, Row] = {}
         self._listeners: list[Callable[[Change], None]] = []
-        self._streams: list[MemoryObjectSendStream[Change]] = []
+        self._feed: Feed[Change] = Feed()
         self._ready = anyio.Event()
         self._error: Exception | None = None
         self.closed = False
@@ -105,16 +104,9 @@ class LiveResult:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    async def __aiter__(self) -> AsyncIterator[Change]:
-        send, receive = anyio.create_memory_object_stream[Change](math.inf)
-        self._streams.append(send)
-        try:
-            async with receive:
-                async for change in receive:
-                    yield change
-        finally:
-            if send in self._streams:
-                self._streams.remove(send)
+    def __aiter__(self) -> FeedIterator[Change]:
+        """Every change from now on (ends when the result is closed)."""
+        return self._feed.open()
 
     async def close(self) -> None:
         """End the subscription (idempotent)."""
@@ -146,13 +138,10 @@ class LiveResult:
                 listener(change)
             except Exception:
                 logger.exception("live result listener failed")
-        for stream in tuple(self._streams):
-            stream.send_nowait(change)
+        self._feed.publish(change)
 
     def _end(self) -> None:
-        for stream in self._streams:
-            stream.close()
-        self._streams.clear()
+        self._feed.close()
 
     def _snapshot(self, rows: list[Row]) -> None:
         """A (re)subscription's snapshot: report the difference to the rows held."""

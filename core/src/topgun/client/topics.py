@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from topgun.client.engine import Engine
 from topgun.client.errors import RequestError
+from topgun.client.feeds import Feed, FeedIterator
 from topgun.protocol import (
     Message,
     TopicMessage,
@@ -54,7 +53,7 @@ class Topic:
         self.name = name
         self._key = f"topic:{name}"
         self._listeners: list[Callable[[TopicEvent], None]] = []
-        self._streams: list[MemoryObjectSendStream[TopicEvent]] = []
+        self._feed: Feed[TopicEvent] = Feed()
         self._queued: deque[Any] = deque(maxlen=MAX_QUEUED_PUBLISHES)
         self.error: Exception | None = None
 
@@ -71,24 +70,16 @@ class Topic:
         self._subscribe()
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    async def __aiter__(self) -> AsyncIterator[TopicEvent]:
-        send, receive = anyio.create_memory_object_stream[TopicEvent](math.inf)
-        self._streams.append(send)
+    def __aiter__(self) -> FeedIterator[TopicEvent]:
+        """Every message from now on (ends when the topic handle is closed)."""
+        iterator = self._feed.open()
         self._subscribe()
-        try:
-            async with receive:
-                async for event in receive:
-                    yield event
-        finally:
-            if send in self._streams:
-                self._streams.remove(send)
+        return iterator
 
     async def close(self) -> None:
         """Stop receiving (publishing still works)."""
         self._listeners.clear()
-        for stream in self._streams:
-            stream.close()
-        self._streams.clear()
+        self._feed.close()
         self._engine.unsubscribe(self._key, TopicUnsub(payload=TopicSubPayload(topic=self.name)))
         await anyio.lowlevel.checkpoint()
 
@@ -102,7 +93,7 @@ class Topic:
         while self._queued:
             data = self._queued.popleft()
             self._engine.send(TopicPub(payload=TopicPubPayload(topic=self.name, data=data)))
-        if self._listeners or self._streams:
+        if self._listeners or self._feed.active:
             return TopicSub(payload=TopicSubPayload(topic=self.name))
         return None
 
@@ -116,8 +107,7 @@ class Topic:
                 listener(event)
             except Exception:
                 logger.exception("topic listener failed")
-        for stream in tuple(self._streams):
-            stream.send_nowait(event)
+        self._feed.publish(event)
 
     def disconnected(self) -> None:
         pass
@@ -126,6 +116,4 @@ class Topic:
         self.error = error
         if isinstance(error, RequestError):
             logger.warning("topic %s: %s", self.name, error)
-        for stream in self._streams:
-            stream.close()
-        self._streams.clear()
+        self._feed.close()
