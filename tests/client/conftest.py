@@ -51,10 +51,19 @@ class CuttingProxy:
         self.cuts = 0
         self.accepted = 0
         self._scopes: set[anyio.CancelScope] = set()
+        self._flowing = anyio.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    def stall(self) -> None:
+        """Stop forwarding bytes (connections stay open) until `resume()`."""
+        self._flowing = anyio.Event()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def cut(self) -> None:
         self.cuts += 1
@@ -64,6 +73,7 @@ class CuttingProxy:
     async def _pipe(self, source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
         try:
             async for chunk in source:
+                await self._flowing.wait()
                 await sink.send(chunk)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
