@@ -119,7 +119,9 @@ class TopGunClient:
             self._client: aio.TopGunClient = self._portal.call(
                 lambda: aio.TopGunClient(url, **options)
             )
-            self._portal.call(self._client.__aenter__)
+            # One task of the loop enters and exits the client's task group.
+            self._running = self._portal.wrap_async_context_manager(self._client)
+            self._running.__enter__()
         except BaseException:
             self._portal_cm.__exit__(None, None, None)
             raise
@@ -141,7 +143,7 @@ class TopGunClient:
         if not self._closed:
             self._closed = True
             try:
-                self._portal.call(self._client.aclose)
+                self._running.__exit__(None, None, None)
             finally:
                 self._portal_cm.__exit__(None, None, None)
 
