@@ -176,7 +176,7 @@ async def test_bad_arguments_get_clear_errors(kit: Any) -> None:
         TopGunClient(token="t")
     with pytest.raises(ValueError, match="heartbeat_interval"):
         TopGunClient("ws://127.0.0.1:9", token="t", heartbeat_interval=0)
-    with pytest.raises(ValueError, match="Backoff.jitter"):
+    with pytest.raises(ValueError, match=r"Backoff\.jitter"):
         Backoff(jitter=2)
     async with TopGunClient("ws://127.0.0.1:9", token=kit.mint(), backoff=FAST) as client:
         m = client.map("m")

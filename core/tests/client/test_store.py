@@ -13,6 +13,7 @@ from topgun.client import MemoryStore, SQLiteStore, Store
 from topgun.crdt import LWWRecord, ORMapRecord, Timestamp
 from topgun.protocol import ClientOp
 from topgun.storage.codecs import CodecPipeline
+from topgun.storage.errors import ValueCodecError
 
 pytestmark = pytest.mark.anyio
 
@@ -92,7 +93,7 @@ async def test_sqlite_values_pass_through_the_codecs(tmp_path: Path) -> None:
     assert b"eulav-terces-yrev" in raw
     # Read back without the codec: a clear error, nothing silently wrong.
     plain = SQLiteStore(path)
-    with pytest.raises(Exception, match="deserialize|msgpack"):
+    with pytest.raises(ValueCodecError, match=r"deserialize|decode"):
         await plain.open()
 
 
