@@ -9,9 +9,10 @@ blocking facade for scripts and notebooks.
 from __future__ import annotations
 
 from topgun.client.backoff import Backoff
-from topgun.client.client import TopGunClient
+from topgun.client.client import ProcessResult, SearchResult, TopGunClient
 from topgun.client.clock import Clock, SystemClock
 from topgun.client.connection import Connection, ConnectionClosed, ConnectionState, Connector
+from topgun.client.counters import Counter
 from topgun.client.engine import ConflictEvent
 from topgun.client.errors import (
     AuthError,
@@ -23,15 +24,20 @@ from topgun.client.errors import (
     WriteRejectedError,
     WriteTimeoutError,
 )
+from topgun.client.journal import Journal, JournalPage, JournalStream
+from topgun.client.live import Change, LiveQuery, LiveResult, LiveSearch, Row
+from topgun.client.locks import Lock
 from topgun.client.maps import LWWMapHandle, ORMapHandle
 from topgun.client.sqlite import SQLiteStore
 from topgun.client.store import MemoryStore, Store, StoredState
+from topgun.client.topics import Topic, TopicEvent
 from topgun.client.websocket import WebSocketConnection, WebSocketConnector
 from topgun.client.writes import WriteHandle
 
 __all__ = [
     "AuthError",
     "Backoff",
+    "Change",
     "ClientClosedError",
     "ClientError",
     "Clock",
@@ -40,17 +46,30 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionState",
     "Connector",
+    "Counter",
+    "Journal",
+    "JournalPage",
+    "JournalStream",
     "LWWMapHandle",
+    "LiveQuery",
+    "LiveResult",
+    "LiveSearch",
+    "Lock",
     "MemoryStore",
     "NotConnectedError",
     "ORMapHandle",
+    "ProcessResult",
     "ProcessorError",
     "RequestError",
+    "Row",
     "SQLiteStore",
+    "SearchResult",
     "Store",
     "StoredState",
     "SystemClock",
     "TopGunClient",
+    "Topic",
+    "TopicEvent",
     "WebSocketConnection",
     "WebSocketConnector",
     "WriteHandle",
