@@ -48,7 +48,6 @@ from topgun.protocol import (
     AuthRequired,
     Batch,
     ClientOp,
-    Codec,
     Error,
     EventPayload,
     GcPrune,
@@ -83,6 +82,8 @@ from topgun.protocol import (
     SyncRespLeaf,
     SyncRespRoot,
     WriteConcern,
+    decode_server_frame,
+    encode,
 )
 
 __all__ = ["ConflictEvent", "Engine", "MapKind", "Subscription", "TokenSource"]
@@ -180,7 +181,6 @@ class Engine:
         self.auth_timeout = auth_timeout
         self._token = token
         self._token_provider = token_provider
-        self._codec = Codec()
         self.node_id = ""
         self.hlc: HLC | None = None
         self.maps: dict[str, MapState] = {}
@@ -540,7 +540,7 @@ class Engine:
         return True
 
     async def _send_now(self, conn: Connection, message: Message) -> None:
-        frame = self._codec.encode(message)
+        frame = encode(message)
         self.bytes_sent += len(frame)
         await conn.send(frame)
 
@@ -549,7 +549,7 @@ class Engine:
         self._last_received = self.clock.monotonic()
         self.bytes_received += len(frame)
         try:
-            return list(self._codec.decode_server_frame(frame))
+            return list(decode_server_frame(frame))
         except Exception as exc:  # a frame we cannot read: log it, keep the connection
             logger.warning("undecodable server frame (%d bytes): %s", len(frame), exc)
             return []
