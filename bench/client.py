@@ -9,7 +9,7 @@
    one write followed by its own flush (a lone durable write).
 2. Catch-up: a client synced K keys, went offline, every key changed on the server, and
    the client comes back: the time until its Merkle sync finished and the bytes it
-   received, against a server in this process (memory storage).
+   received, against a `topgun serve` process (memory storage) on this machine.
 
 Every figure is the best of R runs (latency percentiles from the best run's samples).
 """
@@ -17,16 +17,22 @@ Every figure is the best of R runs (latency percentiles from the best run's samp
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import platform
+import secrets
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import jwt
 
 from topgun.client import Backoff, MemoryStore, SQLiteStore, Store, TopGunClient
-from topgun.testing import local_server
 
 OFFLINE = "ws://127.0.0.1:9"
 """Nothing listens there: the client stays offline and its writes only queue."""
@@ -71,18 +77,40 @@ async def local_latency(store: Store, writes: int) -> dict[str, float]:
     }
 
 
+@contextlib.contextmanager
+def serve() -> Iterator[tuple[str, str]]:
+    """`topgun serve` with memory storage on a free port: its URL and an ADMIN token."""
+    secret = secrets.token_urlsafe(32)
+    token = jwt.encode({"sub": "bench", "roles": ["ADMIN"]}, secret, algorithm="HS256")
+    with tempfile.TemporaryDirectory() as data:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "topgun", "serve", "--port", "0", "--storage", "memory"],
+            cwd=data,
+            env={**os.environ, "TOPGUN_AUTH_JWT_SECRET": secret, "TOPGUN_LOAD_PLUGINS": ""},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            banner = process.stdout.readline()  # "topgun … serving ws://127.0.0.1:PORT (…)"
+            url = banner.split("serving ", 1)[1].split()[0]
+            yield url, token
+        finally:
+            process.terminate()
+            process.wait()
+
+
 async def catch_up(keys: int) -> tuple[float, int, int]:
-    async with local_server() as server:
+    with serve() as (url, token):
         store = MemoryStore()
         fast = Backoff(initial=0.01, max_delay=0.1)
-        async with TopGunClient(server.url, token=server.token(), backoff=fast) as writer:
+        async with TopGunClient(url, token=token, backoff=fast) as writer:
             m = writer.map("catchup")
             for i in range(keys):
                 m.set(f"key{i:06d}", {"v": 1, "i": i})
             await writer.settled()
-            async with TopGunClient(
-                server.url, token=server.token(), store=store, backoff=fast
-            ) as reader:
+            async with TopGunClient(url, token=token, store=store, backoff=fast) as reader:
                 reader.map("catchup")
                 await reader.settled()
             # The reader is offline now; every key changes on the server.
@@ -90,9 +118,7 @@ async def catch_up(keys: int) -> tuple[float, int, int]:
                 m.set(f"key{i:06d}", {"v": 2, "i": i})
             await writer.settled()
         start = time.perf_counter()
-        async with TopGunClient(
-            server.url, token=server.token(), store=store, backoff=fast
-        ) as reader:
+        async with TopGunClient(url, token=token, store=store, backoff=fast) as reader:
             r = reader.map("catchup")
             await reader.settled()
             seconds = time.perf_counter() - start
