@@ -7,11 +7,13 @@ clock; nothing in the client calls `time.time()` or sleeps on its own.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Protocol
 
 import anyio
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "SystemClock", "clock_deadline"]
 
 
 class Clock(Protocol):
@@ -38,3 +40,30 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
+
+
+@asynccontextmanager
+async def clock_deadline(clock: Clock, seconds: float) -> AsyncIterator[None]:
+    """Cancel the block after `seconds` of `clock`'s time and raise TimeoutError (what
+    `anyio.fail_after` does on the real clock)."""
+    expired = False
+    error: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def timer() -> None:
+            nonlocal expired
+            await clock.sleep(seconds)
+            expired = True
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(timer)
+        try:
+            yield
+        except BaseException as exc:  # re-raised below as is, not in an exception group
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if expired:
+        raise TimeoutError(f"no answer within {seconds} s")
+    if error is not None:
+        raise error

@@ -26,7 +26,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from topgun.client.backoff import Backoff
-from topgun.client.clock import Clock
+from topgun.client.clock import Clock, clock_deadline
 from topgun.client.connection import Connection, ConnectionClosed, ConnectionState, Connector
 from topgun.client.errors import (
     AuthError,
@@ -492,8 +492,19 @@ class Engine:
             self._retry_after_ms = 0
             attempt += 1
             self._reconnect = anyio.Event()
-            with anyio.move_on_after(delay):
+            await self._backoff_wait(delay)
+
+    async def _backoff_wait(self, delay: float) -> None:
+        """Sleep `delay` s of the injected clock, or until `request_reconnect()`."""
+        async with anyio.create_task_group() as tg:
+
+            async def woken() -> None:
                 await self._reconnect.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(woken)
+            await self.clock.sleep(delay)
+            tg.cancel_scope.cancel()
 
     async def _token_value(self) -> str:
         if self._token is not None:
@@ -510,7 +521,7 @@ class Engine:
         """Authenticate on `conn` and serve it until it closes; True if it authenticated."""
         self._set_state(ConnectionState.AUTHENTICATING)
         await self._send_now(conn, Auth(token=await self._token_value()))
-        with anyio.fail_after(self.auth_timeout):
+        async with clock_deadline(self.clock, self.auth_timeout):
             while True:
                 messages = await self._receive(conn)
                 ack = next((m for m in messages if isinstance(m, AuthAck | AuthFail)), None)
