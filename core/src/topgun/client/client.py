@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -34,6 +35,7 @@ from topgun.client.maps import LWWMapHandle, ORMapHandle
 from topgun.client.store import MemoryStore, Store
 from topgun.client.topics import Topic
 from topgun.client.websocket import WebSocketConnector
+from topgun.hooks import TopgunPluginManager, collect_registrations
 from topgun.protocol import (
     EntryProcess,
     EntryProcessResponse,
@@ -72,8 +74,9 @@ class SearchResult:
 class TopGunClient:
     """An offline-first client of one topgun server (an async context manager).
 
-    - `url`: `ws://` or `wss://` address of the server, or give `connector=` instead (any
-      `Connector`: HTTP polling, an in-memory transport, …);
+    - `url`: the server's address; its scheme picks the connection provider registered
+      through the `register_connection_providers` hook (built in: `ws`, `wss`; `pm=`
+      chooses the plugin manager). Or give `connector=` instead (any `Connector`);
     - `token=` a JWT, or `token_provider=` a callable (sync or async) asked for a token on
       every (re)connect, which is how a token is refreshed;
     - `store=`: `MemoryStore()` (default) or `SQLiteStore(path)` to survive restarts;
@@ -89,6 +92,7 @@ class TopGunClient:
         token_provider: TokenSource | None = None,
         store: Store | None = None,
         connector: Connector | None = None,
+        pm: TopgunPluginManager | None = None,
         ssl_context: ssl.SSLContext | None = None,
         backoff: Backoff | None = None,
         heartbeat_interval: float = 5.0,
@@ -101,7 +105,7 @@ class TopGunClient:
             raise ValueError("give exactly one of url= and connector=")
         if connector is None:
             assert url is not None
-            connector = WebSocketConnector(url, ssl_context=ssl_context)
+            connector = connector_for(url, ssl_context=ssl_context, pm=pm)
         for name, value in (
             ("heartbeat_interval", heartbeat_interval),
             ("heartbeat_timeout", heartbeat_timeout),
@@ -380,6 +384,40 @@ class TopGunClient:
         (`MERGE_REJECTED`); returns an unsubscribe."""
         self._engine.conflict_listeners.append(listener)
         return lambda: _discard(self._engine.conflict_listeners, listener)
+
+
+def connector_for(
+    url: str, *, ssl_context: ssl.SSLContext | None = None, pm: TopgunPluginManager | None = None
+) -> Connector:
+    """The connector for `url`, from the provider registered for its scheme.
+
+    Without `pm`, `ws://` and `wss://` use the built-in WebSocket provider directly (no
+    plugin manager is built, so a client does not import the server's plugins); any other
+    scheme asks the plugins installed (`make_plugin_manager()`).
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, got {type(url).__name__}")
+    scheme = urlsplit(url).scheme
+    if pm is None and scheme in ("ws", "wss"):
+        return WebSocketConnector(url, ssl_context=ssl_context)
+    if pm is None:
+        from topgun.hooks import make_plugin_manager
+
+        pm = make_plugin_manager()
+    providers = collect_registrations(pm.hook.register_connection_providers)
+    provider = providers.get(scheme)
+    if provider is None:
+        known = ", ".join(sorted(providers)) or "none"
+        raise ValueError(f"no connection provider for {scheme!r} URLs ({url!r}); known: {known}")
+    connector = (
+        provider.obj(url, ssl_context=ssl_context) if ssl_context is not None else provider.obj(url)
+    )
+    if not isinstance(connector, Connector):
+        raise TypeError(
+            f"connection provider {scheme!r} of plugin {provider.plugin} returned "
+            f"{type(connector).__name__}, which is not a topgun.client.Connector"
+        )
+    return connector
 
 
 def _present(value: Any) -> Any:

@@ -29,8 +29,9 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from topgun.client.connection import Connection, ConnectionClosed
+from topgun.hooks import Register, hookimpl
 
-__all__ = ["WebSocketConnection", "WebSocketConnector"]
+__all__ = ["WebSocketConnection", "WebSocketConnector", "register_connection_providers"]
 
 _READ_SIZE = 65536
 
@@ -204,3 +205,10 @@ class WebSocketConnector:
                 if isinstance(event, RejectConnection | RejectData):
                     status = getattr(event, "status_code", None)
                     raise ConnectionClosed(None, f"WebSocket upgrade refused (HTTP {status})")
+
+
+@hookimpl
+def register_connection_providers(register: Register[object]) -> None:
+    """The built-in providers: `ws://` and `wss://` URLs connect with `WebSocketConnector`."""
+    register("ws", WebSocketConnector)
+    register("wss", WebSocketConnector)
