@@ -191,3 +191,46 @@ async def test_bad_arguments_get_clear_errors(kit: Any) -> None:
         with pytest.raises(ValueError, match="map name"):
             client.map("")
         assert client.pending_writes == 0  # nothing half-written
+
+
+async def test_subscriptions_are_reestablished_after_a_reconnect(
+    live_server: Any, kit: Any
+) -> None:
+    async with anyio.create_task_group() as tg:
+        proxy = await kit.start_proxy(tg, live_server.port)
+        async with (
+            TopGunClient(proxy.url, token=kit.mint(), backoff=FAST) as watcher,
+            TopGunClient(ws(live_server), token=kit.mint(), backoff=FAST) as writer,
+        ):
+            tasks = writer.map("re")
+            tasks.set("a", {"open": True})
+            await writer.settled()
+            live = await watcher.query("re", where={"open": True}).ready()
+            changes = live.__aiter__()
+            mirror = watcher.map("re")
+            heard: list[Any] = []
+            watcher.topic("news").on_message(lambda event: heard.append(event.data))
+            await watcher.settled()
+            proxy.stall()  # the watcher hears nothing from here on...
+            tasks.set("b", {"open": True})  # ...while these happen
+            tasks.set("a", {"open": False})
+            await writer.settled()
+            proxy.cut()
+            proxy.resume()
+            with anyio.fail_after(kit.DEADLINE):
+                first, second = await changes.__anext__(), await changes.__anext__()
+            # The fresh snapshot is reconciled with the rows held: the gap shows as changes.
+            assert {(first.type, first.key), (second.type, second.key)} == {
+                ("REMOVE", "a"),
+                ("ENTER", "b"),
+            }
+            assert live.items() == [("b", {"open": True})]
+            with anyio.fail_after(kit.DEADLINE):
+                await watcher.settled()
+            assert mirror.get("b") == {"open": True}  # the map re-synced too
+            await watcher.journal.read(0, limit=1)  # a round trip after TOPIC_SUB
+            writer.topic("news").publish("after the reconnect")
+            with anyio.fail_after(kit.DEADLINE):
+                while heard != ["after the reconnect"]:
+                    await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
