@@ -15,6 +15,7 @@ from topgun.client import (
     ConnectionState,
     MemoryStore,
     TopGunClient,
+    WebSocketConnector,
     WriteRejectedError,
 )
 from topgun.crdt import LWWRecord, Timestamp
@@ -168,8 +169,10 @@ async def test_sync_reset_required_drops_the_map_and_resyncs(live_server: Any, k
 
 
 async def test_bad_arguments_get_clear_errors(kit: Any) -> None:
-    with pytest.raises(ValueError, match="ws:// or wss://"):
-        TopGunClient("http://example.com", token="t")
+    with pytest.raises(ValueError, match=r"no connection provider for 'gopher'"):
+        TopGunClient("gopher://example.com", token="t")
+    with pytest.raises(ValueError, match=r"ws:// or wss://"):
+        WebSocketConnector("http://example.com")
     with pytest.raises(ValueError, match="exactly one of token"):
         TopGunClient("ws://127.0.0.1:9", token="t", token_provider=lambda: "t")
     with pytest.raises(ValueError, match="exactly one of url"):
