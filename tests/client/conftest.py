@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -106,9 +105,6 @@ async def start_proxy(tg: anyio.abc.TaskGroup, upstream_port: int) -> CuttingPro
 
     tg.start_soon(serve)
     return proxy
-
-
-__all__ = ["AsyncIterator"]
 
 
 @pytest.fixture
