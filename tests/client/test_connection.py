@@ -14,6 +14,7 @@ from topgun.client import (
     Backoff,
     ConnectionState,
     MemoryStore,
+    RequestError,
     TopGunClient,
     WebSocketConnector,
     WriteRejectedError,
@@ -237,3 +238,12 @@ async def test_subscriptions_are_reestablished_after_a_reconnect(
                 while heard != ["after the reconnect"]:
                     await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
+
+
+async def test_a_refused_sync_is_an_error_not_a_hang(live_server: Any, kit: Any) -> None:
+    token = kit.mint(sub="eve", roles=["USER"])  # no policies: no READ anywhere
+    async with TopGunClient(ws(live_server), token=token, backoff=FAST) as client:
+        client.map("private")
+        with anyio.fail_after(kit.DEADLINE), pytest.raises(RequestError, match="Access denied"):
+            await client.settled()
+        assert client.state is ConnectionState.CONNECTED

@@ -208,7 +208,8 @@ class TopGunClient:
 
     async def settled(self) -> None:
         """Wait until the server acknowledged every write made so far and every open map
-        finished its sync on the current connection (connecting first if need be)."""
+        finished its sync on the current connection (connecting first if need be). Raises
+        RequestError if the server refused to sync an open map (e.g. no READ permission)."""
         await self._engine.wait_settled()
 
     @property

@@ -149,6 +149,8 @@ class MapState:
         self.outstanding = 0
         self.root_millis = 0
         self.synced = anyio.Event()
+        self.sync_error: RequestError | None = None
+        """Why the server refused to sync this map on the current connection (e.g. 403)."""
         self.listeners: list[Callable[[str, Any], None]] = []
 
 
@@ -449,11 +451,15 @@ class Engine:
         )
 
     async def wait_settled(self) -> None:
-        """Wait until `is_settled()` (across reconnects)."""
+        """Wait until `is_settled()` (across reconnects); raises the RequestError of a map
+        whose sync the server refused."""
         while not self.is_settled():
             if self.state in (ConnectionState.AUTH_FAILED, ConnectionState.CLOSED):
                 await self.wait_state(ConnectionState.CONNECTED)  # raises the reason
             await self._progress.wait()
+        for ms in self.maps.values():
+            if ms.open and ms.sync_error is not None:
+                raise RequestError(f"sync of map {ms.name!r} refused: {ms.sync_error}")
 
     def request_reconnect(self) -> None:
         """Retry now: after an auth failure, or to skip the current backoff delay."""
@@ -803,6 +809,16 @@ class Engine:
     def _on_error(self, message: Error) -> None:
         payload = message.payload
         details = payload.details if isinstance(payload.details, dict) else {}
+        ms = self.maps.get(details.get("mapName", "")) if "mapName" in details else None
+        if ms is not None and details.get("type") in _SYNC_TYPES:
+            # The server refused this map's sync (no READ permission, type mismatch): it
+            # will not finish on this connection; say so instead of waiting forever.
+            ms.sync_error = RequestError(payload.message, payload.code)
+            ms.outstanding = 0
+            ms.synced.set()
+            self._progressed()
+            logger.warning("sync of %s refused: %s", ms.name, payload.message)
+            return
         for field in ("queryId", "requestId", "subscriptionId", "topic", "name"):
             key = details.get(field)
             if isinstance(key, str):
@@ -843,6 +859,7 @@ class Engine:
 
     def _start_sync(self, ms: MapState, last_sync: int | None = None) -> None:
         ms.synced = anyio.Event()
+        ms.sync_error = None
         ms.outstanding = 1
         since = ms.last_sync if last_sync is None else last_sync
         if isinstance(ms.crdt, LWWMap):
@@ -1055,6 +1072,9 @@ def _check_write_concern(write_concern: object) -> None:
 
 
 _CORRELATION_FIELDS = ("query_id", "subscription_id", "request_id")
+_SYNC_TYPES = frozenset(
+    {"SYNC_INIT", "ORMAP_SYNC_INIT", "MERKLE_REQ_BUCKET", "ORMAP_MERKLE_REQ_BUCKET"}
+)
 
 
 def _correlation_of(message: Any) -> str | None:
