@@ -47,6 +47,7 @@ ENTRY_POINT_GROUP = "topgun"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "topgun.cli",
+    "topgun.client.websocket",
     "topgun.server.security",
     "topgun.server.websocket",
     "topgun.server.http_sync",
