@@ -487,6 +487,9 @@ class Engine:
                     await self._reconnect.wait()
                     attempt = 0
                     continue
+                except (ConnectionClosed, OSError, TimeoutError) as exc:
+                    # Lost during the handshake (or the auth timeout passed): retry.
+                    logger.debug("connection lost before it was served: %s", exc)
                 finally:
                     with anyio.CancelScope(shield=True):
                         await conn.aclose()
