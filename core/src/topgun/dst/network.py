@@ -125,7 +125,13 @@ class SimConnectionPair:
         self.up.connection = self.down.connection = self
         self.server_end = SimServerEnd(self, up_receive)
         self.client_end = SimConnection(self, down_receive)
+        self._streams = (up_send, up_receive, down_send, down_receive)
         self.dropped = False
+
+    def release(self) -> None:
+        """Close every stream end (idempotent)."""
+        for stream in self._streams:
+            stream.close()
 
     def drop(self) -> None:
         """The network fails: both ends see the connection end at once."""
@@ -135,6 +141,7 @@ class SimConnectionPair:
         self.network.trace(f"{self.client} connection #{self.number} dropped")
         self.up.cut()
         self.down.cut()
+        self.release()
         self.network.connections.pop(self, None)
 
 
@@ -164,9 +171,14 @@ class SimServerEnd:
             self.pair.network.trace(f"server closed {self.pair.client} with {code} {reason}")
 
     async def frames(self) -> AsyncIterator[bytes | str]:
-        async for item in self._inbound:
-            assert isinstance(item, bytes | str)
-            yield item
+        try:
+            async for item in self._inbound:
+                assert isinstance(item, bytes | str)
+                yield item
+        except anyio.ClosedResourceError:
+            return
+        finally:
+            self._inbound.close()
 
 
 class SimConnection:
@@ -190,6 +202,7 @@ class SimConnection:
         try:
             item = await self._inbound.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._inbound.close()
             code = self.pair.server_end.close_code
             raise ConnectionClosed(code, "closed") from None
         assert isinstance(item, bytes)
@@ -199,6 +212,7 @@ class SimConnection:
         if not self._closed:
             self._closed = True
             self.pair.up.send(_CLOSE)
+            self._inbound.close()
 
 
 class SimConnector:
@@ -264,6 +278,12 @@ class VirtualNetwork:
         for pair in list(self.connections):
             if client is None or pair.client == client:
                 pair.drop()
+
+    def close(self) -> None:
+        """The end of the simulation: every connection is dropped and released."""
+        self.serve = None
+        for pair in list(self.connections):
+            pair.drop()
 
     def server_down(self) -> None:
         """The server is gone: refuse new connections, drop the open ones."""

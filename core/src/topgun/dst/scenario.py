@@ -162,6 +162,7 @@ class ScenarioRunner:
                 violations = await self._workload(root)
                 self._stop = True
                 self._restart.set()
+            self.network.close()
         except SimulationDeadlock as deadlock:
             violations.append(Violation("deadlock", str(deadlock)))
         return SimResult(self.scenario, self.trace_lines, violations, anyio.current_time())
