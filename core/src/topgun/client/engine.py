@@ -314,8 +314,10 @@ class Engine:
         if not ms.open:
             ms.open = True
             if self._outgoing is not None:
-                self._start_sync(ms)
+                # Subscribe first: the server handles a connection's messages in order,
+                # so every change is either in the Merkle sync or arrives as an event.
                 self._send(self._watch_message(ms))
+                self._start_sync(ms)
         return ms
 
     # -- local writes --------------------------------------------------------------------
@@ -637,8 +639,10 @@ class Engine:
         self._queue_ops(list(self.oplog))
         for ms in self.maps.values():
             if ms.open:
-                self._start_sync(ms)
+                # Subscribe first: the server handles a connection's messages in order,
+                # so every change is either in the Merkle sync or arrives as an event.
                 self._send(self._watch_message(ms))
+                self._start_sync(ms)
         for sub in list(self.subscriptions.values()):
             message = sub.subscribe_message()
             if message is not None:
