@@ -88,3 +88,16 @@ def test_bad_scenarios_are_refused() -> None:
         Scenario(seed=1, clients=0)
     with pytest.raises(ValueError, match="unknown bug"):
         ScenarioRunner(Scenario(seed=1, bug="nope")).run()
+
+
+@pytest.mark.parametrize(
+    ("seed", "ops", "found"),
+    [
+        (93, 10, "a change between SYNC_INIT and the map's subscription was never delivered"),
+        (285, 10, "map.synced() waited on the event of a sync a reconnect had abandoned"),
+        (4, 10, "the client crashed when a connection was lost during its AUTH handshake"),
+    ],
+)
+def test_seeds_that_found_bugs_stay_fixed(seed: int, ops: int, found: str) -> None:
+    result = ScenarioRunner(Scenario(seed=seed, ops=ops)).run()
+    assert result.ok, f"{found}: {'; '.join(map(str, result.violations))}"

@@ -452,6 +452,10 @@ class Engine:
             and all(ms.synced.is_set() for ms in self.maps.values() if ms.open)
         )
 
+    async def wait_progress(self) -> None:
+        """Wait for the next change of state (a sync finished, a write acknowledged, ...)."""
+        await self._progress.wait()
+
     async def wait_settled(self) -> None:
         """Wait until `is_settled()` (across reconnects); raises the RequestError of a map
         whose sync the server refused."""
