@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from topgun import __version__
+from topgun.dst.cli import sim
 from topgun.hooks import (
     PluginLoadError,
     TopgunPluginManager,
@@ -69,6 +70,7 @@ def register_commands(cli: click.Group) -> None:
     """The built-in commands."""
     cli.add_command(serve)
     cli.add_command(plugins)
+    cli.add_command(sim)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

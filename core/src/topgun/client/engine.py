@@ -314,8 +314,10 @@ class Engine:
         if not ms.open:
             ms.open = True
             if self._outgoing is not None:
-                self._start_sync(ms)
+                # Subscribe first: the server handles a connection's messages in order,
+                # so every change is either in the Merkle sync or arrives as an event.
                 self._send(self._watch_message(ms))
+                self._start_sync(ms)
         return ms
 
     # -- local writes --------------------------------------------------------------------
@@ -450,6 +452,10 @@ class Engine:
             and all(ms.synced.is_set() for ms in self.maps.values() if ms.open)
         )
 
+    async def wait_progress(self) -> None:
+        """Wait for the next change of state (a sync finished, a write acknowledged, ...)."""
+        await self._progress.wait()
+
     async def wait_settled(self) -> None:
         """Wait until `is_settled()` (across reconnects); raises the RequestError of a map
         whose sync the server refused."""
@@ -487,6 +493,9 @@ class Engine:
                     await self._reconnect.wait()
                     attempt = 0
                     continue
+                except (ConnectionClosed, OSError, TimeoutError) as exc:
+                    # Lost during the handshake (or the auth timeout passed): retry.
+                    logger.debug("connection lost before it was served: %s", exc)
                 finally:
                     with anyio.CancelScope(shield=True):
                         await conn.aclose()
@@ -634,8 +643,10 @@ class Engine:
         self._queue_ops(list(self.oplog))
         for ms in self.maps.values():
             if ms.open:
-                self._start_sync(ms)
+                # Subscribe first: the server handles a connection's messages in order,
+                # so every change is either in the Merkle sync or arrives as an event.
                 self._send(self._watch_message(ms))
+                self._start_sync(ms)
         for sub in list(self.subscriptions.values()):
             message = sub.subscribe_message()
             if message is not None:

@@ -37,8 +37,12 @@ class _MapHandle:
         return self._engine.maps[self._state.name]
 
     async def synced(self) -> None:
-        """Wait until the Merkle sync of the current connection finished for this map."""
-        await self._map().synced.wait()
+        """Wait until the Merkle sync of the current connection finished for this map.
+
+        A reconnect during the wait starts a new sync (with a new event): wait for that one,
+        not for the abandoned one, which never finishes."""
+        while not self._map().synced.is_set():
+            await self._engine.wait_progress()
 
     def on_change(self, listener: ChangeListener) -> Callable[[], None]:
         """Call `listener(key, value)` after every change; returns an unsubscribe."""
