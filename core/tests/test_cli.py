@@ -35,7 +35,7 @@ def backup_plugin() -> SimpleNamespace:
 
 def test_builtin_commands_come_through_the_hook(pm: TopgunPluginManager) -> None:
     cli = build_cli(pm)
-    assert set(cli.commands) == {"serve", "plugins"}
+    assert set(cli.commands) == {"serve", "plugins", "sim"}
     pm.unregister(name="topgun.cli")
     assert build_cli(pm).commands == {}
 
