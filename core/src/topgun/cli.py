@@ -1,7 +1,7 @@
 """The `topgun` command: a click group whose every sub-command arrives through the CLI hook.
 
 This module is also a built-in plugin (see `topgun.hooks.DEFAULT_PLUGINS`): its
-`register_commands` implementation adds `serve` and `plugins`, exactly as an installed
+`register_commands` implementation adds `serve`, `plugins` and `sim`, exactly as an installed
 plugin adds its own commands.
 """
 
