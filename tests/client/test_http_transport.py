@@ -261,3 +261,12 @@ async def test_the_transport_argument_builds_the_connector(
     assert live_server.server.maps.lww("m").get("k") == transport
     with pytest.raises(ValueError, match="transport must be"):
         TopGunClient(live_server.http_url, transport="pigeon", token="t")  # type: ignore[arg-type]
+
+
+def test_an_http_url_picks_the_auto_provider() -> None:
+    from topgun.client.client import connector_for
+    from topgun.hooks import make_plugin_manager
+
+    assert isinstance(connector_for("http://127.0.0.1:1"), AutoConnector)
+    pm = make_plugin_manager(entry_points=(), environ={})
+    assert isinstance(connector_for("https://example.com", pm=pm), AutoConnector)
