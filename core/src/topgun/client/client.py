@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -71,12 +71,40 @@ class SearchResult:
     total_count: int
 
 
+Transport = Literal["websocket", "auto", "sse", "poll"]
+"""How a client built from a URL reaches the server (docs/transports.md)."""
+
+
+def _connector(
+    url: str,
+    transport: Transport | None,
+    ssl_context: ssl.SSLContext | None,
+    pm: TopgunPluginManager | None,
+) -> Connector:
+    if transport is None:
+        return connector_for(url, ssl_context=ssl_context, pm=pm)
+    from topgun.client.http import AutoConnector, HttpConnector, ws_url
+
+    if transport == "websocket":
+        return WebSocketConnector(ws_url(url), ssl_context=ssl_context)
+
+    if transport == "auto":
+        return AutoConnector(url, ssl_context=ssl_context)
+    if transport in ("sse", "poll"):
+        verify: Any = ssl_context if ssl_context is not None else True
+        return HttpConnector(url, events=transport, verify=verify)
+    raise ValueError(f"transport must be websocket, auto, sse or poll, got {transport!r}")
+
+
 class TopGunClient:
     """An offline-first client of one topgun server (an async context manager).
 
     - `url`: the server's address; its scheme picks the connection provider registered
       through the `register_connection_providers` hook (built in: `ws`, `wss`; `pm=`
       chooses the plugin manager). Or give `connector=` instead (any `Connector`);
+    - `transport=`: `None` (default: the URL's scheme decides — `ws`/`wss` a WebSocket,
+      `http`/`https` `"auto"`), `"websocket"`, `"auto"` (WebSocket, else server-sent events,
+      else polling; upgrades back), `"sse"` or `"poll"` (docs/transports.md);
     - `token=` a JWT, or `token_provider=` a callable (sync or async) asked for a token on
       every (re)connect, which is how a token is refreshed;
     - `store=`: `MemoryStore()` (default) or `SQLiteStore(path)` to survive restarts;
@@ -93,6 +121,7 @@ class TopGunClient:
         store: Store | None = None,
         connector: Connector | None = None,
         pm: TopgunPluginManager | None = None,
+        transport: Transport | None = None,
         ssl_context: ssl.SSLContext | None = None,
         backoff: Backoff | None = None,
         heartbeat_interval: float = 5.0,
@@ -105,7 +134,7 @@ class TopGunClient:
             raise ValueError("give exactly one of url= and connector=")
         if connector is None:
             assert url is not None
-            connector = connector_for(url, ssl_context=ssl_context, pm=pm)
+            connector = _connector(url, transport, ssl_context, pm)
         for name, value in (
             ("heartbeat_interval", heartbeat_interval),
             ("heartbeat_timeout", heartbeat_timeout),
@@ -392,15 +421,20 @@ def connector_for(
 ) -> Connector:
     """The connector for `url`, from the provider registered for its scheme.
 
-    Without `pm`, `ws://` and `wss://` use the built-in WebSocket provider directly (no
-    plugin manager is built, so a client does not import the server's plugins); any other
-    scheme asks the plugins installed (`make_plugin_manager()`).
+    Without `pm`, `ws://`/`wss://` and `http://`/`https://` use the built-in providers
+    directly (WebSocket; Auto: WebSocket, else HTTP) — no plugin manager is built, so a
+    client does not import the server's plugins; any other scheme asks the plugins
+    installed (`make_plugin_manager()`).
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, got {type(url).__name__}")
     scheme = urlsplit(url).scheme
     if pm is None and scheme in ("ws", "wss"):
         return WebSocketConnector(url, ssl_context=ssl_context)
+    if pm is None and scheme in ("http", "https"):
+        from topgun.client.http import AutoConnector
+
+        return AutoConnector(url, ssl_context=ssl_context)
     if pm is None:
         from topgun.hooks import make_plugin_manager
 

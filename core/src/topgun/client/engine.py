@@ -559,11 +559,25 @@ class Engine:
                 tg.start_soon(self._sender, conn, receive, tg.cancel_scope)
                 tg.start_soon(self._receiver, conn, tg.cancel_scope)
                 tg.start_soon(self._heartbeat, conn, tg.cancel_scope)
+                background = getattr(conn, "run", None)
+                if background is not None:  # e.g. an HTTP connection's polling
+                    tg.start_soon(self._connection_work, background, tg.cancel_scope)
         finally:
             self._outgoing = None
             send.close()
             receive.close()
         return True
+
+    async def _connection_work(
+        self, work: Callable[[], Awaitable[None]], scope: anyio.CancelScope
+    ) -> None:
+        """A connection's own background work; when it ends, so does the connection."""
+        try:
+            await work()
+        except ConnectionClosed as exc:
+            logger.debug("connection ended: %s", exc)
+        finally:
+            scope.cancel()
 
     async def _send_now(self, conn: Connection, message: Message) -> None:
         frame = encode(message)

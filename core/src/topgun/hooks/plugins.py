@@ -48,6 +48,7 @@ ENTRY_POINT_GROUP = "topgun"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "topgun.cli",
     "topgun.client.websocket",
+    "topgun.client.http",
     "topgun.server.security",
     "topgun.server.websocket",
     "topgun.server.http_sync",
