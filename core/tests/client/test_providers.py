@@ -28,7 +28,8 @@ class RelayPlugin:
 def test_builtin_ws_provider_is_a_plugin_and_unknown_schemes_are_named() -> None:
     pm = make_plugin_manager(entry_points=(), environ={})
     assert isinstance(connector_for("wss://example.com/", pm=pm), WebSocketConnector)
-    with pytest.raises(ValueError, match=r"no connection provider for 'gopher'.*known: http, https, ws, wss"):
+    unknown = r"no connection provider for 'gopher'.*known: http, https, ws, wss"
+    with pytest.raises(ValueError, match=unknown):
         connector_for("gopher://example.com", pm=pm)
     pm.register(RelayPlugin(), name="relay")
     with pytest.raises(TypeError, match=r"not a topgun\.client\.Connector"):
