@@ -9,7 +9,13 @@ blocking facade for scripts and notebooks.
 from __future__ import annotations
 
 from topgun.client.backoff import Backoff
-from topgun.client.client import ProcessResult, SearchResult, TopGunClient
+from topgun.client.client import (
+    ProcessResult,
+    SearchResult,
+    TopGunClient,
+    VectorRow,
+    VectorSearchResult,
+)
 from topgun.client.clock import Clock, SystemClock
 from topgun.client.connection import Connection, ConnectionClosed, ConnectionState, Connector
 from topgun.client.counters import Counter
@@ -70,6 +76,8 @@ __all__ = [
     "TopGunClient",
     "Topic",
     "TopicEvent",
+    "VectorRow",
+    "VectorSearchResult",
     "WebSocketConnection",
     "WebSocketConnector",
     "WriteHandle",

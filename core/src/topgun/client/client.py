@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 import ssl
-from collections.abc import Callable, Mapping
+import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -49,6 +50,10 @@ from topgun.protocol import (
     SearchPayload,
     SearchResp,
     SortDirection,
+    VectorSearch,
+    VectorSearchPayload,
+    VectorSearchResp,
+    VectorWeights,
 )
 from topgun.query import parse_query
 
@@ -61,6 +66,26 @@ class ProcessResult:
 
     result: Any
     new_value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRow:
+    """One vector search hit: its fused `score`, the BM25 `matched_terms` (tri-hybrid) and
+    the cosine `similarity` to the query (None when it matched on text only)."""
+
+    key: str
+    value: Any
+    score: float
+    matched_terms: tuple[str, ...]
+    similarity: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class VectorSearchResult:
+    """A vector search: the nearest rows, best first, and how many matched the filter."""
+
+    rows: list[VectorRow]
+    total_count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +346,67 @@ class TopGunClient:
             raise RequestError(reply.payload.error)
         rows = [Row(r.key, r.value, r.score, tuple(r.matched_terms)) for r in reply.payload.results]
         return SearchResult(rows, reply.payload.total_count)
+
+    async def vector_search(
+        self,
+        map_name: str,
+        query: str | Sequence[float] | bytes,
+        k: int = 10,
+        *,
+        field: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        predicate: PredicateNode | Mapping[str, Any] | None = None,
+        weights: Mapping[str, float] | None = None,
+        min_score: float | None = None,
+    ) -> VectorSearchResult:
+        """Semantic search of a map the server indexes with `topgun[vector]`: the `k` rows
+        nearest to `query` — a text (embedded by the server) or a vector (floats, or
+        little-endian float32 bytes). `where`/`predicate` filter exactly first; a map that
+        also has full-text search ranks by both (tri-hybrid, RRF), `weights`
+        (`{"vector": …, "text": …}`) weighing the lists. See docs/extensions/vector.md."""
+        text: str | None = None
+        vector: bytes | None = None
+        if isinstance(query, str):
+            text = query
+        elif isinstance(query, bytes | bytearray | memoryview):
+            vector = bytes(query)
+        else:
+            values = [float(x) for x in query]
+            vector = struct.pack(f"<{len(values)}f", *values)
+        node: PredicateNode | None = None
+        if predicate is not None:
+            node = (
+                predicate
+                if isinstance(predicate, PredicateNode)
+                else msgspec.convert(predicate, PredicateNode)
+            )
+        request_id = self._engine.new_id()
+        reply = await self._engine.request(
+            request_id,
+            VectorSearch(
+                payload=VectorSearchPayload(
+                    request_id=request_id,
+                    map_name=map_name,
+                    query=text,
+                    vector=vector,
+                    field=field,
+                    k=k,
+                    predicate=node,
+                    where=dict(where) if where is not None else None,
+                    weights=VectorWeights(**weights) if weights is not None else None,
+                    min_score=min_score,
+                )
+            ),
+        )
+        if not isinstance(reply, VectorSearchResp):
+            raise RequestError(f"unexpected reply {type(reply).__name__}")
+        if reply.payload.error is not None:
+            raise RequestError(reply.payload.error)
+        rows = [
+            VectorRow(r.key, r.value, r.score, tuple(r.matched_terms), r.similarity)
+            for r in reply.payload.results
+        ]
+        return VectorSearchResult(rows, reply.payload.total_count)
 
     def live_search(
         self,
