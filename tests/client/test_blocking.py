@@ -55,3 +55,20 @@ def test_blocking_client_writes_reads_and_queries(
         pytest.raises(AuthError),
     ):
         bad.connected(timeout=kit.DEADLINE)
+
+
+def test_blocking_locks_and_journal(serve_process: Callable[..., Any], kit: Any) -> None:
+    process = serve_process(
+        "--port", "0", "--data-dir", "data", env={"TOPGUN_AUTH_JWT_SECRET": kit.SECRET}
+    )
+    process.banner()
+    url = f"ws://127.0.0.1:{process.port}"
+    with TopGunClient(url, token=kit.mint(), backoff=Backoff(initial=0.02, max_delay=0.2)) as a:
+        a.connected(timeout=kit.DEADLINE)
+        with a.lock("nightly-job", timeout=kit.DEADLINE) as first:
+            assert first >= 1
+        with a.lock("nightly-job", timeout=kit.DEADLINE) as second:
+            assert second > first  # fencing tokens only grow
+        a.map("todos").set("t1", {"done": False}, write_concern="PERSISTED")
+        page = a.journal_read(0, map_name="todos")
+        assert [(e.type, e.key) for e in page.events] == [("PUT", "t1")]

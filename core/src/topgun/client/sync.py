@@ -15,9 +15,10 @@ that thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -26,12 +27,16 @@ from topgun.client import client as aio
 from topgun.client.connection import ConnectionState
 from topgun.client.counters import Counter
 from topgun.client.engine import ConflictEvent
+from topgun.client.journal import JournalPage
 from topgun.client.live import Change, LiveQuery
+from topgun.client.locks import Lock
 from topgun.client.maps import LWWMapHandle, ORMapHandle
 from topgun.client.topics import Topic, TopicEvent
 from topgun.client.writes import WriteHandle
 from topgun.crdt import LWWRecord
 from topgun.protocol import WriteConcern
+
+T = TypeVar("T")
 
 __all__ = ["LWWMap", "LiveQueryView", "ORMap", "TopGunClient"]
 
@@ -210,6 +215,34 @@ class TopGunClient:
     def on_conflict(self, listener: Callable[[ConflictEvent], None]) -> Callable[[], None]:
         return self._portal.call(self._client.on_conflict, listener)
 
+    def vector_search(
+        self, map_name: str, query: Any, k: int = 10, **kw: Any
+    ) -> aio.VectorSearchResult:
+        """`vector_search` of the async client (text or vector; filters, weights)."""
+        return self._portal.call(lambda: self._client.vector_search(map_name, query, k, **kw))
+
+    def journal_read(
+        self, from_sequence: str | int = 0, *, limit: int = 100, map_name: str | None = None
+    ) -> JournalPage:
+        """One page of the server's event journal (`client.journal.read`)."""
+        journal = self._client.journal
+        return self._portal.call(
+            lambda: journal.read(from_sequence, limit=limit, map_name=map_name)
+        )
+
+    @contextlib.contextmanager
+    def lock(
+        self, name: str, *, ttl_ms: int = 10_000, timeout: float | None = None
+    ) -> Iterator[int]:
+        """Hold the lock `name` for the block; yields its fencing token. Waits while another
+        client holds it (at most `timeout` seconds: TimeoutError)."""
+        lock: Lock = self._portal.call(lambda: self._client.lock(name, ttl_ms=ttl_ms))
+        token: int = self._portal.call(_with_timeout_result, lock.acquire, timeout)
+        try:
+            yield token
+        finally:
+            self._portal.call(lock.release)
+
 
 async def _write(write: Callable[..., WriteHandle], args: tuple[Any, ...]) -> WriteConcern | None:
     """Make a write on the loop; wait for its acknowledgement only if a level was asked."""
@@ -220,3 +253,8 @@ async def _write(write: Callable[..., WriteHandle], args: tuple[Any, ...]) -> Wr
 async def _with_timeout(wait: Callable[[], Any], timeout: float | None) -> None:
     with anyio.fail_after(timeout):
         await wait()
+
+
+async def _with_timeout_result(wait: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+    with anyio.fail_after(timeout):
+        return await wait()
