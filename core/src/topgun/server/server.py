@@ -56,6 +56,7 @@ from topgun.server.topics import TopicRegistry
 from topgun.server.transport import Transport
 from topgun.server.writes import WritePipeline
 from topgun.storage import (
+    BudgetedBackend,
     StorageBackend,
     StorageStatus,
     StorageWriter,
@@ -219,11 +220,14 @@ class Server:
             backend = self.backend = open_configured_storage(self.pm, self.config)
             await backend.initialize()
             stack.push_async_callback(backend.close)
+            if isinstance(backend, BudgetedBackend):
+                self.maps.set_budget(backend.memory_budget)
             loaded = await self.maps.load(backend)
             if self.journal is not None:
                 await self.journal.load(backend)
             self.expiry.load()
             await self.ingest.load(backend)
+            self.maps.on_restore.append(self.expiry.load_map)
             await self.resolvers.load(backend)
             writer = await stack.enter_async_context(StorageWriter(backend))
             self.storage_writer = self.maps.writer = writer

@@ -358,6 +358,22 @@ class WritePipeline:
                 op_type, action, kind = classify(op)
                 self._authorize(op, op_type, action, context, live_only, granted)
                 self._check_kind(op.map_name, kind)
+        if not self.maps.tiered:
+            await self._merge(state, op, op_type, context, combined, trusted)
+            return
+        async with self.maps.holding(op.map_name, (op.key,)):  # its value, if cold, is read
+            await self._merge(state, op, op_type, context, combined, trusted)
+
+    async def _merge(
+        self,
+        state: OpState,
+        op: ClientOp,
+        op_type: OpType,
+        context: WriteContext,
+        combined: Recording,
+        trusted: bool,
+    ) -> None:
+        """Steps 6–7 for one authorized, intercepted op: resolve, merge, observe."""
         if self.resolve is not None and op_type in ("PUT", "REMOVE") and not trusted:
             state.op = op = await self.resolve(op, context)  # §6.1 step 6, §8.2
         lww = self.maps.lww(op.map_name) if self.observers else None
