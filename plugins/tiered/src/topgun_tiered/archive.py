@@ -1,9 +1,9 @@
 """The archive tier: each archived map is one zstd-compressed segment, listed in a
 manifest.
 
-A segment is the msgpack of the map's snapshot (`LWWSnapshot` or `ORSnapshot`), exactly
-as the backend returned it, so restoring gives back the same records, values and
-timestamps byte for byte. The manifest (`manifest.json`) names each archived map's
+A segment is the msgpack of the map's snapshot (`LWWSnapshot` or `ORSnapshot`), with
+every record as an array of value, timestamp parts and TTL (an integer TTL stays an
+integer), so restoring gives back the same records, values and timestamps byte for byte. The manifest (`manifest.json`) names each archived map's
 segment with its kind, SHA-256, sizes and newest timestamp; it is the only object that
 changes, and it is replaced whole. A segment is written (and read back and checked)
 before the manifest names it, and deleted only after the manifest stopped naming it.
@@ -12,12 +12,12 @@ before the manifest names it, and deleted only after the manifest stopped naming
 from __future__ import annotations
 
 import hashlib
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 import zstandard
 
-from topgun.crdt import Timestamp
+from topgun.crdt import LWWRecord, ORMapRecord, Timestamp
 from topgun.storage import LWWSnapshot, MapKind, MapSnapshot, ORSnapshot, StorageCorruptError
 from topgun_tiered.stores import ObjectStore
 
@@ -50,6 +50,56 @@ class SegmentInfo(msgspec.Struct, frozen=True):
 class Manifest(msgspec.Struct):
     format: int = FORMAT
     maps: dict[str, SegmentInfo] = msgspec.field(default_factory=dict)
+
+
+class _Record(msgspec.Struct, array_like=True):
+    """One LWW or OR record in a segment (the OR tag is its timestamp's string form)."""
+
+    value: Any
+    millis: int
+    counter: int
+    node_id: str
+    ttl_ms: int | float | None = None
+
+
+class _Segment(msgspec.Struct, array_like=True):
+    name: str
+    kind: Literal["lww", "ormap"]
+    records: dict[str, list[_Record]]
+    """Key -> its records (one for an LWW map)."""
+    tombstones: dict[str, str | None] = msgspec.field(default_factory=dict)
+
+
+def _pack(record: LWWRecord | ORMapRecord) -> _Record:
+    ts = record.timestamp
+    return _Record(record.value, ts.millis, ts.counter, ts.node_id, record.ttl_ms)
+
+
+def encode_segment(snapshot: MapSnapshot) -> bytes:
+    """The uncompressed segment of `snapshot`."""
+    if isinstance(snapshot, LWWSnapshot):
+        records = {key: [_pack(record)] for key, record in snapshot.records.items()}
+        return msgspec.msgpack.encode(_Segment(snapshot.name, "lww", records))
+    or_records = {key: [_pack(r) for r in records] for key, records in snapshot.records.items()}
+    segment = _Segment(snapshot.name, "ormap", or_records, dict(snapshot.tombstones))
+    return msgspec.msgpack.encode(segment)
+
+
+def decode_segment(raw: bytes) -> MapSnapshot:
+    """The snapshot an uncompressed segment holds (msgspec.DecodeError if malformed)."""
+    segment = msgspec.msgpack.decode(raw, type=_Segment)
+    if segment.kind == "lww":
+        lww: dict[str, LWWRecord] = {}
+        for key, (r,) in segment.records.items():
+            lww[key] = LWWRecord(r.value, Timestamp(r.millis, r.counter, r.node_id), r.ttl_ms)
+        return LWWSnapshot(segment.name, lww)
+    ormap: dict[str, list[ORMapRecord]] = {}
+    for key, records in segment.records.items():
+        ormap[key] = []
+        for r in records:
+            stamp = Timestamp(r.millis, r.counter, r.node_id)
+            ormap[key].append(ORMapRecord(r.value, stamp, str(stamp), r.ttl_ms))
+    return ORSnapshot(segment.name, ormap, segment.tombstones)
 
 
 def newest_millis(snapshot: MapSnapshot) -> int:
@@ -116,7 +166,7 @@ class Archive:
 
     async def add(self, name: str, snapshot: MapSnapshot, now_ms: int) -> SegmentInfo:
         """Write `snapshot` as a segment, check it reads back, and list it."""
-        raw = msgspec.msgpack.encode(snapshot)
+        raw = encode_segment(snapshot)
         compressed = zstandard.ZstdCompressor(level=self.level).compress(raw)
         digest = hashlib.sha256(compressed).hexdigest()
         segment = f"segments/{hashlib.sha256(name.encode()).hexdigest()[:16]}-{digest[:16]}.zst"
@@ -153,14 +203,12 @@ class Archive:
         if hashlib.sha256(compressed).hexdigest() != info.sha256:
             raise ArchiveCorruptError(f"segment {where} of archived map {name!r} is damaged")
         try:
-            raw = zstandard.ZstdDecompressor().decompress(compressed)
-            kind: type[MapSnapshot] = LWWSnapshot if info.kind == "lww" else ORSnapshot
-            snapshot = msgspec.msgpack.decode(raw, type=kind)
-        except (zstandard.ZstdError, msgspec.DecodeError) as exc:
+            snapshot = decode_segment(zstandard.ZstdDecompressor().decompress(compressed))
+        except (zstandard.ZstdError, msgspec.DecodeError, ValueError) as exc:
             raise ArchiveCorruptError(
                 f"segment {where} of map {name!r} is damaged: {exc}"
             ) from None
-        if snapshot.name != name:
+        if snapshot.name != name or snapshot.kind != info.kind:
             raise ArchiveCorruptError(f"segment {where} holds map {snapshot.name!r}, not {name!r}")
         return snapshot
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import msgspec
@@ -101,7 +102,7 @@ class TieredBackend:
         self.archive = archive
         self._budget = options.memory_budget()
         self._clock = clock
-        self._open = False
+        self._state: Literal["not initialized", "open", "closed"] = "not initialized"
         self._lock = anyio.Lock()
 
     @property
@@ -112,17 +113,23 @@ class TieredBackend:
         return int(self._clock() * 1000)
 
     def _check_open(self) -> None:
-        if not self._open:
-            raise StorageClosedError("the tiered storage is not open")
+        if self._state != "open":
+            raise StorageClosedError(f"the tiered storage is {self._state}")
 
     # -- the contract -------------------------------------------------------------------
 
     async def initialize(self) -> None:
-        if self._open:
+        if self._state == "open":
             return
+        if self._state == "closed":
+            raise StorageClosedError("the tiered storage is closed; make a new one")
         await self.inner.initialize()
-        await self.archive.open()
-        self._open = True
+        try:
+            await self.archive.open()
+        except BaseException:
+            await self.inner.close()
+            raise
+        self._state = "open"
 
     async def list_maps(self) -> list[MapInfo]:
         self._check_open()
@@ -159,9 +166,10 @@ class TieredBackend:
         await self.inner.delete(name, keys)
 
     async def close(self) -> None:
-        if not self._open:
+        if self._state != "open":
+            self._state = "closed"
             return
-        self._open = False
+        self._state = "closed"
         try:
             await self.inner.close()
         finally:
