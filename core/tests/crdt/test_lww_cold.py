@@ -31,9 +31,12 @@ def test_evict_keeps_timestamp_and_merkle_hash_and_thaw_restores(clock: Any) -> 
     assert not m.evict("a")  # already cold
     assert not m.evict("gone")  # tombstones stay
     assert not m.evict("missing")
-    assert m.is_cold("a") and m.cold_keys() == {"a"}
+    assert m.is_cold("a")
+    assert m.cold_keys() == {"a"}
     cold = m.get_record("a")
-    assert cold is not None and cold.value is COLD and cold.timestamp == Timestamp(T0, 0, "n")
+    assert cold is not None
+    assert cold.value is COLD
+    assert cold.timestamp == Timestamp(T0, 0, "n")
     assert m.merkle.root_hash == root
     assert heard == []
     with pytest.raises(ColdValueError, match="'a'"):
@@ -65,13 +68,15 @@ def test_merges_over_a_cold_record_compare_its_timestamp(clock: Any) -> None:
     assert not m.merge("a", rec("older", T0 - 1))
     assert m.is_cold("a")
     assert m.merge("a", rec("newer", T0 + 10))
-    assert not m.is_cold("a") and m.get("a") == "newer"
+    assert not m.is_cold("a")
+    assert m.get("a") == "newer"
     assert m.merge_many([("b", rec("newer b", T0 + 10))]) == 1
     assert m.cold_keys() == set()
     m.set("c", 3)
     m.evict("c")
     m.set("c", 4)
-    assert m.get("c") == 4 and m.cold_keys() == set()
+    assert m.get("c") == 4
+    assert m.cold_keys() == set()
 
 
 def test_an_expired_cold_record_reads_as_absent_without_its_value(clock: Any) -> None:

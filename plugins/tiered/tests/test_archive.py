@@ -79,7 +79,8 @@ async def test_archive_then_restore_round_trips_byte_for_byte(tmp_path: Path) ->
     assert (people.kind, people.records) == ("lww", 5)
     assert (tags.kind, tags.records) == ("ormap", 4)
     inner = await backend.inner.load_map("people")
-    assert isinstance(inner, LWWSnapshot) and inner.records == {}
+    assert isinstance(inner, LWWSnapshot)
+    assert inner.records == {}
     assert await backend.list_maps() == [MapInfo("people", "lww"), MapInfo("tags", "ormap")]
     assert await backend.archived_maps() == {"people": "lww", "tags": "ormap"}
     segment = tmp_path / "archive" / people.segment
@@ -108,18 +109,21 @@ async def test_keys_reads_and_writes_of_an_archived_map_restore_it_first(
     backend = await filled(tmp_path)
     await backend.archive_map("people")
     found = await backend.load_keys("people", ["ada"])
-    assert isinstance(found, LWWSnapshot) and found.records["ada"].value["name"] == "Ada"
+    assert isinstance(found, LWWSnapshot)
+    assert found.records["ada"].value["name"] == "Ada"
     assert await backend.archived_maps() == {}
     await backend.archive_map("people")
     newer = LWWRecord("Ada L.", ts(T + 5))
     await backend.store_batch([PutRecord("people", "ada", newer), *LWW_CHANGES[:1]])
     restored = await backend.load_map("people")
     assert isinstance(restored, LWWSnapshot)
-    assert restored.records["ada"] == newer and len(restored.records) == 5
+    assert restored.records["ada"] == newer
+    assert len(restored.records) == 5
     await backend.archive_map("people")
     await backend.delete("people", ["ada"])
     gone = await backend.load_map("people")
-    assert isinstance(gone, LWWSnapshot) and "ada" not in gone.records
+    assert isinstance(gone, LWWSnapshot)
+    assert "ada" not in gone.records
     await backend.close()
 
 
@@ -147,7 +151,7 @@ async def test_a_damaged_segment_or_manifest_is_an_error_and_loses_nothing(
     await backend.close()
     (tmp_path / "archive" / "manifest.json").write_text("{not json")
     broken = open_tiered(tmp_path)
-    with pytest.raises(ArchiveCorruptError, match="manifest .* is damaged"):
+    with pytest.raises(ArchiveCorruptError, match=r"manifest .* is damaged"):
         await broken.initialize()
 
 
@@ -216,7 +220,8 @@ async def test_a_server_restores_an_archived_map_when_a_request_names_it(
 
     async with kit.running(config) as second:
         maps = second.server.maps
-        assert maps.kind("old") == "lww" and maps.lww("old") is None  # not loaded at start
+        assert maps.kind("old") == "lww"
+        assert maps.lww("old") is None
         client = await second.login()
         await client.send(SyncInit(map_name="old"))
         assert (await client.receive_until(SyncRespRoot))[0].payload.root_hash == root

@@ -89,10 +89,12 @@ async def test_a_map_five_times_the_budget_is_served_whole(tmp_path: Path, kit: 
         client = await tiered.login()
         await kit.write_rows(client, "big", range(KEYS))
         hot = tiered.server.maps.hot
-        assert hot is not None and hot.budget.budget_bytes == budget
+        assert hot is not None
+        assert hot.budget.budget_bytes == budget
         assert hot.used <= budget
         lww = tiered.server.maps.lww("big")
-        assert lww is not None and len(lww.cold_keys()) > KEYS // 2
+        assert lww is not None
+        assert len(lww.cold_keys()) > KEYS // 2
 
     # A restart loads the map (then evicts), and reads bring cold values back.
     async with kit.running(config) as tiered:
@@ -100,7 +102,8 @@ async def test_a_map_five_times_the_budget_is_served_whole(tmp_path: Path, kit: 
         client = await tiered.login()
         hot = server.maps.hot
         lww = server.maps.lww("big")
-        assert hot is not None and lww is not None
+        assert hot is not None
+        assert lww is not None
         assert hot.used <= budget
         assert len(lww.cold_keys()) > KEYS // 2
         await client.send(SyncInit(map_name="big"))

@@ -3,9 +3,10 @@ manifest.
 
 A segment is the msgpack of the map's snapshot (`LWWSnapshot` or `ORSnapshot`), with
 every record as an array of value, timestamp parts and TTL (an integer TTL stays an
-integer), so restoring gives back the same records, values and timestamps byte for byte. The manifest (`manifest.json`) names each archived map's
-segment with its kind, SHA-256, sizes and newest timestamp; it is the only object that
-changes, and it is replaced whole. A segment is written (and read back and checked)
+integer), so restoring gives back the same records, values and timestamps byte for
+byte. The manifest (`manifest.json`) names each archived map's segment with its kind,
+SHA-256, sizes and newest timestamp; it is the only object that changes, and it is
+replaced whole. A segment is written (and read back and checked)
 before the manifest names it, and deleted only after the manifest stopped naming it.
 """
 
