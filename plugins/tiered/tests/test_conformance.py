@@ -35,3 +35,12 @@ class TestTieredOverMemory(BackendConformance):
             return tiered(MemoryBackend(codecs=codecs, store=store), tmp_path / "archive")
 
         return open_backend
+
+
+def test_both_conformance_classes_run_the_whole_suite() -> None:
+    """The classes above inherit every test of the suite (none is overridden away)."""
+    suite = {name for name in dir(BackendConformance) if name.startswith("test_")}
+    assert len(suite) >= 20
+    for cls in (TestTieredOverSQLite, TestTieredOverMemory):
+        assert {name for name in dir(cls) if name.startswith("test_")} == suite
+        assert all(getattr(cls, name) is getattr(BackendConformance, name) for name in suite)

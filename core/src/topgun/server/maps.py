@@ -138,6 +138,10 @@ class _Holding:
     ) -> None:
         self._release()
 
+    def release(self) -> None:
+        """Let the values go (what leaving the `async with` block does)."""
+        self._release()
+
     def _release(self) -> None:
         hot = self._registry.hot
         if hot is not None and self._pins is not None:
@@ -166,17 +170,18 @@ class MapRegistry:
         self._restoring: dict[str, anyio.Event] = {}
         self.on_restore: list[Callable[[str], None]] = []
         """Called with a map's name once an archived map is back in memory."""
+        self.tiered = False
+        """Whether requests must `hold` what they read (a memory budget or archived maps)."""
 
-    @property
-    def tiered(self) -> bool:
-        """Whether requests must `hold` what they read (memory budget or archive)."""
-        return self.hot is not None or bool(self._archived)
+    def _update_tiered(self) -> None:
+        self.tiered = self.hot is not None or bool(self._archived)
 
     def set_budget(self, budget: MemoryBudget) -> None:
         """Keep LWW values within `budget` from now on (call before `load`)."""
         if self._lww or self._or:
             raise RuntimeError("set the memory budget before maps are loaded or written")
         self.hot = HotSet(budget)
+        self._update_tiered()
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -355,6 +360,7 @@ class MapRegistry:
         infos = await backend.list_maps()
         if isinstance(backend, ArchivingBackend):
             self._archived = await backend.archived_maps()
+            self._update_tiered()
         strict, self.hlc.strict = self.hlc.strict, False  # what was stored is never drift
         try:
             await self._load_maps(
@@ -411,6 +417,7 @@ class MapRegistry:
             strict, self.hlc.strict = self.hlc.strict, False
             try:
                 del self._archived[name]
+                self._update_tiered()
                 if snapshot is not None:
                     self._install(name, snapshot)
             finally:
@@ -473,6 +480,13 @@ class MapRegistry:
         if self.hot is not None:
             self.hot.unpin(name)
             self.enforce_budget()
+
+    async def hold(self, name: str, keys: Iterable[str] | None = None) -> _Holding:
+        """`holding(name, keys)` entered: call `release()` on the result when done (for
+        paths that cannot nest a block)."""
+        held = _Holding(self, name, keys)
+        await held.__aenter__()
+        return held
 
     async def _thaw(self, name: str, keys: list[str] | None) -> None:
         """Load the cold values among `keys` of LWW map `name` (every key when `None`)."""

@@ -358,52 +358,43 @@ class WritePipeline:
                 op_type, action, kind = classify(op)
                 self._authorize(op, op_type, action, context, live_only, granted)
                 self._check_kind(op.map_name, kind)
-        if not self.maps.tiered:
-            await self._merge(state, op, op_type, context, combined, trusted)
-            return
-        async with self.maps.holding(op.map_name, (op.key,)):  # its value, if cold, is read
-            await self._merge(state, op, op_type, context, combined, trusted)
-
-    async def _merge(
-        self,
-        state: OpState,
-        op: ClientOp,
-        op_type: OpType,
-        context: WriteContext,
-        combined: Recording,
-        trusted: bool,
-    ) -> None:
-        """Steps 6–7 for one authorized, intercepted op: resolve, merge, observe."""
-        if self.resolve is not None and op_type in ("PUT", "REMOVE") and not trusted:
-            state.op = op = await self.resolve(op, context)  # §6.1 step 6, §8.2
-        lww = self.maps.lww(op.map_name) if self.observers else None
-        previous = lww.get_record(op.key) if lww is not None else None
+        # Under a memory budget (or with archived maps) the key's value is loaded and kept
+        # in memory while resolvers and observers read it.
+        held = await self.maps.hold(op.map_name, (op.key,)) if self.maps.tiered else None
         try:
-            with self.maps.recording() as recording:
-                if op_type == "OR_ADD":
-                    assert op.or_record is not None
-                    self.maps.add_or(op.map_name, op.key, op.or_record)
-                elif op_type == "OR_REMOVE":
-                    assert op.or_tag is not None
-                    self.maps.tombstone_or(op.map_name, op.or_tag, op.key)
-                else:
-                    assert op.record is not None
-                    self.maps.merge_lww(op.map_name, op.key, op.record)
-        except ClockDriftError:
-            raise OpFailed("Clock drift", 400) from None
-        except MapKindMismatch:
-            raise OpFailed("Map type mismatch", 400) from None
-        except (TypeError, ValueError) as exc:  # a value the CRDT cannot hold
-            raise _invalid(str(exc)) from None
-        if recording.changes:
-            state.changed = True
-            combined.events.extend(recording.events)
-            combined.changes.extend(recording.changes)
-            combined.keys.update(recording.keys)
-            if self.observers:
-                applied = Applied(op.map_name, op.key, previous, recording.events)
-                for observer in self.observers:
-                    observer(applied, combined)
+            if self.resolve is not None and op_type in ("PUT", "REMOVE") and not trusted:
+                state.op = op = await self.resolve(op, context)  # §6.1 step 6, §8.2
+            lww = self.maps.lww(op.map_name) if self.observers else None
+            previous = lww.get_record(op.key) if lww is not None else None
+            try:
+                with self.maps.recording() as recording:
+                    if op_type == "OR_ADD":
+                        assert op.or_record is not None
+                        self.maps.add_or(op.map_name, op.key, op.or_record)
+                    elif op_type == "OR_REMOVE":
+                        assert op.or_tag is not None
+                        self.maps.tombstone_or(op.map_name, op.or_tag, op.key)
+                    else:
+                        assert op.record is not None
+                        self.maps.merge_lww(op.map_name, op.key, op.record)
+            except ClockDriftError:
+                raise OpFailed("Clock drift", 400) from None
+            except MapKindMismatch:
+                raise OpFailed("Map type mismatch", 400) from None
+            except (TypeError, ValueError) as exc:  # a value the CRDT cannot hold
+                raise _invalid(str(exc)) from None
+            if recording.changes:
+                state.changed = True
+                combined.events.extend(recording.events)
+                combined.changes.extend(recording.changes)
+                combined.keys.update(recording.keys)
+                if self.observers:
+                    applied = Applied(op.map_name, op.key, previous, recording.events)
+                    for observer in self.observers:
+                        observer(applied, combined)
+        finally:
+            if held is not None:
+                held.release()
 
     def _check_kind(self, map_name: str, kind: MapKind) -> None:
         try:
