@@ -67,6 +67,10 @@ _PENDING_SWEEP_AT: Final = 4096
 _LOAD_CHUNK: Final = 500
 """Cold keys asked of storage per `load_keys` call."""
 
+_EVICT_SKIPS: Final = 1024
+"""Values an eviction pass steps over (pinned, or not committed yet) before it stops: under
+a burst of writes the next pass goes on, so a pass stays short."""
+
 
 class MapKindMismatch(Exception):
     """A write of one map kind named a map of the other kind ("Map type mismatch")."""
@@ -530,16 +534,16 @@ class MapRegistry:
         if hot is None or not hot.over:
             return 0
         lru, low, pending, maps = hot.lru, hot.budget.low_bytes, self._pending, self._lww
-        evicted = 0
-        for _ in range(len(lru)):
-            if hot.used <= low or not lru:
-                break
+        evicted = skipped = 0
+        limit = min(len(lru), _EVICT_SKIPS)
+        while hot.used > low and lru and skipped < limit:
             entry = next(iter(lru))
             commit = pending.get(entry)
             if hot.pinned(entry) or (
                 commit is not None and not (commit.done and commit.error is None)
             ):
-                lru.move_to_end(entry)  # in use, or not in storage yet
+                lru.move_to_end(entry)  # in use, or not in storage yet: later
+                skipped += 1
                 continue
             hot.drop(entry)
             lww = maps.get(entry[0])
