@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from topgun.crdt import LWWRecord, Timestamp, fnv1a32
 from topgun.crdt.hashing import merkle_path
@@ -142,6 +143,11 @@ async def test_a_map_five_times_the_budget_is_served_whole(tmp_path: Path, kit: 
         for i, q in enumerate(QUERIES):
             assert await query_page(client, f"q{i}", q) == reference[f"q{i}"]
         assert hot.used <= budget * 1.5  # the views hold their rows; the map evicted again
+
+        metrics = generate_latest(server.metrics.registry).decode()
+        assert f"topgun_tier_budget_bytes {float(budget)}" in metrics
+        assert f"topgun_tier_loads {float(hot.loads)}" in metrics
+        assert f"topgun_tier_hot_bytes {float(hot.used)}" in metrics
 
         # A live query hears of a change to a cold key.
         changed = LWWRecord(kit.row(3) | {"n": -3}, Timestamp(kit.T + 1, 0, "writer"))

@@ -222,6 +222,14 @@ class Server:
             stack.push_async_callback(backend.close)
             if isinstance(backend, BudgetedBackend):
                 self.maps.set_budget(backend.memory_budget)
+                hot = self.maps.hot
+                assert hot is not None
+                self.metrics.watch_tiering(
+                    hot.budget.budget_bytes,
+                    lambda: hot.used,
+                    lambda: hot.loads,
+                    lambda: hot.evictions,
+                )
             loaded = await self.maps.load(backend)
             if self.journal is not None:
                 await self.journal.load(backend)
