@@ -17,7 +17,7 @@ and Merkle hashes stay), and `holding` loads cold values back before a request r
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final
@@ -172,8 +172,9 @@ class MapRegistry:
         """The accounting of hot LWW values under a memory budget; `None` without one."""
         self._archived: dict[str, MapKind] = {}
         self._restoring: dict[str, anyio.Event] = {}
-        self.on_restore: list[Callable[[str], None]] = []
-        """Called with a map's name once an archived map is back in memory."""
+        self.on_restore: list[Callable[[str], Awaitable[None] | None]] = []
+        """Called (and awaited, if async) with a map's name once an archived map is back in
+        memory, before any request uses it."""
         self.tiered = False
         """Whether requests must `hold` what they read (a memory budget or archived maps)."""
 
@@ -426,12 +427,14 @@ class MapRegistry:
                     self._install(name, snapshot)
             finally:
                 self.hlc.strict = strict
+            logger.info("map %r restored from the archive", name)
+            for callback in self.on_restore:
+                result = callback(name)
+                if result is not None:
+                    await result
         finally:
             del self._restoring[name]
             done.set()
-        logger.info("map %r restored from the archive", name)
-        for callback in self.on_restore:
-            callback(name)
 
     async def persist(self, recording: Recording) -> Commit | None:
         """Submit the recording's storage changes; the `Commit` to await for PERSISTED.

@@ -235,7 +235,7 @@ class Server:
                 await self.journal.load(backend)
             self.expiry.load()
             await self.ingest.load(backend)
-            self.maps.on_restore.append(self.expiry.load_map)
+            self.maps.on_restore += [self.expiry.load_map, self.ingest.load_map]
             await self.resolvers.load(backend)
             writer = await stack.enter_async_context(StorageWriter(backend))
             self.storage_writer = self.maps.writer = writer
