@@ -129,9 +129,9 @@ class _Holding:
             return
         self._pins = hot.pin(self._name, self._keys)
         try:
-            await self._registry._thaw(self._name, self._keys)
+            await registry._thaw(self._name, self._keys)
         except BaseException:
-            self._release()
+            self.release()
             raise
 
     async def __aexit__(
@@ -140,13 +140,10 @@ class _Holding:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._release()
+        self.release()
 
     def release(self) -> None:
         """Let the values go (what leaving the `async with` block does)."""
-        self._release()
-
-    def _release(self) -> None:
         hot = self._registry.hot
         if hot is not None and self._pins is not None:
             hot.unpin(self._pins)
