@@ -11,7 +11,10 @@ values are 5x the budget (1 KiB values), then:
    plugin is installed and PostgreSQL is reachable (else the line says why not); first
    reads of archived maps (restore of a 1,000-key map from the archive directory, then
    the read);
-2. memory: the process RSS (from /proc) before the fill, at its highest during the fill
+2. the write path with and without the wrapper: ops per CPU-second of the server's write
+   pipeline (the journal on, so a write to a cold key loads its old value), with no
+   tiering, with a budget never reached, and with a 200 KiB budget that evicts;
+3. memory: the process RSS (from /proc) before the fill, at its highest during the fill
    and during a scan that reads every key, next to the budget and the map's size, the
    values in memory as the budget counts them, and the RSS growth of a fresh process
    that fills the same map with no budget.
@@ -40,7 +43,11 @@ from topgun_tiered import TieredBackend
 
 from topgun.crdt import HLC, LWWRecord, Timestamp
 from topgun.hooks import collect_registrations, make_plugin_manager
+from topgun.protocol import ClientOp
+from topgun.server import AuthConfig, Secret, Server, ServerConfig, StorageConfig
+from topgun.server.auth import TokenPrincipal
 from topgun.server.maps import MapRegistry
+from topgun.server.writes import WriteContext
 from topgun.storage import (
     MemoryBackend,
     StorageBackend,
@@ -184,6 +191,15 @@ async def run(budget_mib: int, reads: int, workdir: Path) -> None:
         f"{hot.loads:,} cold loads, {hot.evictions:,} evictions"
     )
 
+    ops = 4000 if budget_mib <= 4 else 20_000
+    print(f"\n{'write path (OP_BATCH of 10 puts, memory storage)':50} {'ops/CPU-s':>10}")
+    for label, wrapper in (
+        ("no tiering", None),
+        ("tiered, budget not reached", {"budget": "1GiB"}),
+        ("tiered, 200 KiB budget: evicting, loads", {"budget": "200KiB"}),
+    ):
+        print(f"{label:50} {await write_rate(wrapper, ops):10,.0f}")
+
     rng = random.Random(7)
     cold = sorted(lww.cold_keys())
     hot_keys = [entry[1] for entry in list(hot.lru)[-reads:]]
@@ -261,6 +277,47 @@ async def archive_line(workdir: Path) -> None:
     label = "archived map: restore 1,000 keys + read"
     print(f"{label:40} {percentiles(samples)}  ({stored / len(names) / 1024:,.0f} KiB a segment)")
     await reading.backend.close()
+
+
+async def write_rate(wrappers: dict[str, Any] | None, ops: int) -> float:
+    """Ops per CPU-second of `WritePipeline.apply` (batches of 10 puts over 5,000 keys) on
+    a started server with memory storage, wrapped in `tiered` with these options if given;
+    best of 3 (CPU time, so other processes on the machine count less)."""
+    storage = StorageConfig(backend="memory")
+    if wrappers is not None:
+        storage = StorageConfig(
+            backend="memory", wrappers=("tiered",), wrapper_options={"tiered": wrappers}
+        )
+    with tempfile.TemporaryDirectory() as data_dir:
+        config = ServerConfig(
+            data_dir=Path(data_dir),
+            node_id="bench",
+            storage=storage,
+            auth=AuthConfig(jwt_secret=Secret("bench-secret-" + "x" * 32)),
+        )
+        manager = make_plugin_manager(entry_points=(), environ={})
+        manager.register(topgun_tiered.plugin, name="tiered")
+        async with Server(config, pm=manager) as server:
+            context = WriteContext(
+                TokenPrincipal.from_claims({"sub": "b", "roles": ["ADMIN"]}), None
+            )
+            stamp = int(time.time() * 1000)
+            best, n = 0.0, 0
+            for _ in range(3):
+                batches = []
+                for _ in range(ops // 10):
+                    batch = []
+                    for _ in range(10):
+                        n += 1
+                        record = LWWRecord({"v": n, "t": "x" * 40}, Timestamp(stamp, n, "c"))
+                        batch.append(ClientOp(map_name="m", key=f"k{n % 5000}", record=record))
+                    batches.append(batch)
+                began = time.process_time()
+                for batch in batches:
+                    request = await server.writes.apply(batch, context, origin=None)
+                    await server.writes.settle(request, context)
+                best = max(best, ops / (time.process_time() - began))
+    return best
 
 
 def unbounded_growth(keys: int) -> int:

@@ -21,7 +21,17 @@ Entry = tuple[str, str]
 class HotSet:
     """The hot values of every LWW map, least recently used first."""
 
-    __slots__ = ("_pinned_keys", "_pinned_maps", "budget", "evictions", "loads", "lru", "used")
+    __slots__ = (
+        "_pinned_keys",
+        "_pinned_maps",
+        "blocked",
+        "budget",
+        "evictions",
+        "loads",
+        "lru",
+        "unpins",
+        "used",
+    )
 
     def __init__(self, budget: MemoryBudget) -> None:
         self.budget = budget
@@ -31,6 +41,11 @@ class HotSet:
         """Hot entry -> its estimated bytes, least recently used first."""
         self.evictions = 0
         self.loads = 0
+        self.unpins = 0
+        """How many `unpin`s so far (each may make values evictable again)."""
+        self.blocked: tuple[int, int] | None = None
+        """(ended transactions, unpins) when an eviction pass last found nothing more it
+        could evict; no pass runs again until one of them moved."""
         self._pinned_keys: dict[Entry, int] = {}
         self._pinned_maps: dict[str, int] = {}
 
@@ -76,6 +91,7 @@ class HotSet:
 
     def unpin(self, pins: list[Entry] | str) -> None:
         """Undo one `pin`."""
+        self.unpins += 1
         if isinstance(pins, str):
             counts: dict[Any, int] = self._pinned_maps
             entries: Iterable[Any] = (pins,)

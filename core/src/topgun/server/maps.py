@@ -533,6 +533,9 @@ class MapRegistry:
         hot = self.hot
         if hot is None or not hot.over:
             return 0
+        state = (-1 if self.writer is None else self.writer.finished, hot.unpins)
+        if hot.blocked == state:
+            return 0  # nothing committed or unpinned since a pass found nothing to evict
         lru, low, pending, maps = hot.lru, hot.budget.low_bytes, self._pending, self._lww
         evicted = skipped = 0
         limit = min(len(lru), _EVICT_SKIPS)
@@ -549,4 +552,5 @@ class MapRegistry:
             lww = maps.get(entry[0])
             if lww is not None and lww.evict(entry[1]):
                 evicted += 1
+        hot.blocked = state if hot.used > low and skipped >= limit else None
         return evicted

@@ -164,6 +164,9 @@ class Server:
             configured=config.resolvers,
         )
         self.writes.resolve = self.resolvers.resolve
+        self.writes.reads_previous = lambda name: (
+            self.journal is not None or name in self.resolvers.bindings
+        )
         self.gc = TombstoneGC(
             maps=self.maps,
             clock=self.clock,

@@ -239,6 +239,9 @@ class WritePipeline:
         """Called for every op that changed a map (journal, TTL schedule)."""
         self.record_sent: Callable[[Connection, int], None] | None = None
         """Told the `millis` of every record a connection sends (tombstone GC)."""
+        self.reads_previous: Callable[[str], bool] = lambda map_name: True
+        """Whether a write to the map reads the value it replaces (resolvers, journal): under
+        a memory budget, only then is a cold value loaded for a write."""
         self.resolve: Callable[[ClientOp, WriteContext], Awaitable[ClientOp]] | None = None
         """Step 6, the conflict-resolver chain (`topgun.server.resolvers`): the op as the
         chain leaves it, or `OpFailed` (409) on a rejection."""
@@ -358,9 +361,12 @@ class WritePipeline:
                 op_type, action, kind = classify(op)
                 self._authorize(op, op_type, action, context, live_only, granted)
                 self._check_kind(op.map_name, kind)
-        # Under a memory budget (or with archived maps) the key's value is loaded and kept
-        # in memory while resolvers and observers read it.
-        held = await self.maps.hold(op.map_name, (op.key,)) if self.maps.tiered else None
+        held = None
+        if self.maps.tiered:
+            # An archived map comes back first; under a memory budget the key's value is
+            # loaded (and kept) if resolvers or the journal read it.
+            reads = self.reads_previous(op.map_name)
+            held = await self.maps.hold(op.map_name, (op.key,) if reads else ())
         try:
             if self.resolve is not None and op_type in ("PUT", "REMOVE") and not trusted:
                 state.op = op = await self.resolve(op, context)  # §6.1 step 6, §8.2
