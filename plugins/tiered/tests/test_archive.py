@@ -20,6 +20,8 @@ from topgun.crdt import LWWRecord, ORMapRecord, Timestamp
 from topgun.protocol import Query, QueryResp, QuerySub, QuerySubPayload, SyncInit, SyncRespRoot
 from topgun.storage import (
     AddORRecord,
+    CodecContext,
+    CodecPipeline,
     LWWSnapshot,
     MapInfo,
     PutRecord,
@@ -232,3 +234,45 @@ async def test_a_server_restores_an_archived_map_when_a_request_names_it(
         assert [r.key for r in response.payload.results] == [f"k{i:05}" for i in range(50)]
         assert isinstance(second.server.backend, TieredBackend)
         assert await second.server.backend.archived_maps() == {}
+
+
+class Sealed:
+    """A stand-in for an encrypting codec: reverses the bytes and binds them to their place
+    (NOT secure)."""
+
+    def encode_for(self, data: bytes, context: CodecContext) -> bytes:
+        return b"SEALED:" + context.associated_data() + b":" + data[::-1]
+
+    def decode_for(self, data: bytes, context: CodecContext) -> bytes:
+        prefix = b"SEALED:" + context.associated_data() + b":"
+        if not data.startswith(prefix):
+            raise ValueError("sealed for another place")
+        return data[len(prefix) :][::-1]
+
+
+async def test_segments_pass_through_the_storage_codecs(tmp_path: Path) -> None:
+    codecs = CodecPipeline([("sealed", Sealed())])
+    backend = TieredBackend(
+        SQLiteBackend(tmp_path / "topgun.db", codecs=codecs, synchronous="normal"),
+        TieredOptions(),
+        Archive(DirectoryStore(tmp_path / "archive"), codecs=codecs),
+    )
+    await backend.initialize()
+    secret = LWWRecord({"card": "4111-1111"}, ts(T))
+    await backend.store_batch([PutRecord("vault", "k", secret)])
+    info = await backend.archive_map("vault")
+    stored = (tmp_path / "archive" / info.segment).read_bytes()
+    assert stored.startswith(b"SEALED:")
+    await backend.close()
+    moved = tmp_path / "archive" / info.segment
+    again = TieredBackend(
+        SQLiteBackend(tmp_path / "topgun.db", codecs=codecs, synchronous="normal"),
+        TieredOptions(),
+        Archive(DirectoryStore(tmp_path / "archive"), codecs=codecs),
+    )
+    await again.initialize()
+    restored = await again.load_map("vault")
+    assert isinstance(restored, LWWSnapshot)
+    assert restored.records["k"] == secret
+    assert not moved.exists()
+    await again.close()

@@ -7,7 +7,9 @@ integer), so restoring gives back the same records, values and timestamps byte f
 byte. The manifest (`manifest.json`) names each archived map's segment with its kind,
 SHA-256, sizes and newest timestamp; it is the only object that changes, and it is
 replaced whole. A segment is written (and read back and checked)
-before the manifest names it, and deleted only after the manifest stopped naming it.
+before the manifest names it, and deleted only after the manifest stopped naming it. The
+compressed segment passes through the storage's value codecs, so an encrypted store keeps
+an encrypted archive.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ import msgspec
 import zstandard
 
 from topgun.crdt import LWWRecord, ORMapRecord, Timestamp
-from topgun.storage import LWWSnapshot, MapKind, MapSnapshot, ORSnapshot, StorageCorruptError
+from topgun.storage import (
+    CodecContext,
+    CodecPipeline,
+    LWWSnapshot,
+    MapKind,
+    MapSnapshot,
+    ORSnapshot,
+    StorageCorruptError,
+)
 from topgun_tiered.stores import ObjectStore
 
 MANIFEST: Final = "manifest.json"
@@ -103,6 +113,14 @@ def decode_segment(raw: bytes) -> MapSnapshot:
     return ORSnapshot(segment.name, ormap, segment.tombstones)
 
 
+ARCHIVE_NAMESPACE: Final = "tiered.archive"
+"""The codec context's namespace of segments (area `meta`, key: the map's name)."""
+
+
+def _context(name: str) -> CodecContext:
+    return CodecContext("meta", ARCHIVE_NAMESPACE, name)
+
+
 def newest_millis(snapshot: MapSnapshot) -> int:
     """The millis of the newest record (or tombstone tag) of `snapshot`; 0 if empty."""
     newest = 0
@@ -130,9 +148,14 @@ def record_count(snapshot: MapSnapshot) -> int:
 class Archive:
     """Segments and the manifest in one object store."""
 
-    def __init__(self, store: ObjectStore, *, level: int = 3) -> None:
+    def __init__(
+        self, store: ObjectStore, *, level: int = 3, codecs: CodecPipeline | None = None
+    ) -> None:
         self.store = store
         self.level = level
+        self.codecs = codecs or CodecPipeline()
+        """The storage's value codecs: a compressed segment passes through them (so an
+        encrypting codec encrypts the archive too), bound to the map's name."""
         self.manifest = Manifest()
 
     async def open(self) -> None:
@@ -169,6 +192,7 @@ class Archive:
         """Write `snapshot` as a segment, check it reads back, and list it."""
         raw = encode_segment(snapshot)
         compressed = zstandard.ZstdCompressor(level=self.level).compress(raw)
+        compressed = self.codecs.encode(compressed, _context(name))
         digest = hashlib.sha256(compressed).hexdigest()
         segment = f"segments/{hashlib.sha256(name.encode()).hexdigest()[:16]}-{digest[:16]}.zst"
         await self.store.put(segment, compressed)
@@ -203,6 +227,7 @@ class Archive:
             raise ArchiveCorruptError(f"segment {where} of archived map {name!r} is missing")
         if hashlib.sha256(compressed).hexdigest() != info.sha256:
             raise ArchiveCorruptError(f"segment {where} of archived map {name!r} is damaged")
+        compressed = self.codecs.decode(compressed, _context(name))  # ValueCodecError names it
         try:
             snapshot = decode_segment(zstandard.ZstdDecompressor().decompress(compressed))
         except (zstandard.ZstdError, msgspec.DecodeError, ValueError) as exc:

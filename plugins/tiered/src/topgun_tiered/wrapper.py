@@ -271,4 +271,5 @@ def wrap(backend: StorageBackend, config: BackendConfig) -> TieredBackend:
     options = config.options_as(TieredOptions, "tiered")
     options.check()
     store = store_for(options, config.data_dir)
-    return TieredBackend(backend, options, Archive(store, level=options.compression_level))
+    archive = Archive(store, level=options.compression_level, codecs=config.codecs)
+    return TieredBackend(backend, options, archive)
