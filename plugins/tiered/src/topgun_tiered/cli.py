@@ -123,7 +123,7 @@ def status(
     """Bytes and records per tier, and every map's tier."""
 
     async def work(backend: TieredBackend) -> None:
-        maps = await backend.status()
+        maps = await backend.tier_status()
         budget = backend.memory_budget
         console = Console()
         table = Table(title="maps")
@@ -182,7 +182,7 @@ def archive(
         if not chosen:
             console.print("nothing to archive")
             return
-        sizes = {s.name: s.records for s in await backend.status() if s.tier == "storage"}
+        sizes = {s.name: s.records for s in await backend.tier_status() if s.tier == "storage"}
         with _progress(console) as progress:
             for name in chosen:
                 task = progress.add_task(f"archive {name}", total=sizes.get(name, 0))

@@ -26,6 +26,7 @@ from topgun.storage import (
     AddORRecord,
     BackendConfig,
     Change,
+    DeferredDurability,
     LWWSnapshot,
     MapInfo,
     MapKind,
@@ -34,9 +35,11 @@ from topgun.storage import (
     PutMeta,
     PutRecord,
     RemoveORTag,
+    ReportsStatus,
     StorageBackend,
     StorageClosedError,
     StorageConfigError,
+    StorageStatus,
 )
 from topgun_tiered.archive import Archive, SegmentInfo, newest_millis, record_count
 from topgun_tiered.options import TieredOptions
@@ -175,6 +178,23 @@ class TieredBackend:
         finally:
             await self.archive.close()
 
+    # -- what the wrapped backend reports (the wrapper adds nothing) --------------------
+
+    def status(self) -> StorageStatus:
+        """The wrapped backend's status (always available if it reports none)."""
+        inner = self.inner
+        return inner.status() if isinstance(inner, ReportsStatus) else StorageStatus()
+
+    def durability_mark(self) -> int:
+        """The wrapped backend's mark (a write-behind inside): commits wait for it."""
+        inner = self.inner
+        return inner.durability_mark() if isinstance(inner, DeferredDurability) else 0
+
+    async def wait_durable(self, mark: int) -> None:
+        inner = self.inner
+        if isinstance(inner, DeferredDurability):
+            await inner.wait_durable(mark)
+
     # -- tiers --------------------------------------------------------------------------
 
     async def _restored(self, name: str) -> None:
@@ -196,6 +216,7 @@ class TieredBackend:
                 await self.inner.store_batch(batch)
                 if progress is not None:
                     progress(len(batch))
+            await self.wait_durable(self.durability_mark())  # before the segment goes
             await self.archive.remove(name)
             return len(changes)
 
@@ -237,7 +258,7 @@ class TieredBackend:
                 idle.append((newest, info.name))
         return [name for _, name in sorted(idle)]
 
-    async def status(self) -> list[MapStatus]:
+    async def tier_status(self) -> list[MapStatus]:
         """Every map with its tier, records and bytes."""
         self._check_open()
         found: dict[str, MapStatus] = {}
