@@ -124,6 +124,7 @@ def test(args: list[str]) -> int:
                 "ext-compress/src",
                 "ext-vector/src/topgun_vector",
                 "plugins/postgres/src/topgun_postgres",
+                "plugins/tiered/src/topgun_tiered",
             ],
         ),
         ("mkdocs", [str(BIN / "mkdocs"), "build", "--strict", "--quiet", "-d", str(VENV / "site")]),

@@ -17,17 +17,19 @@ from topgun.crdt.hlc import (
     is_server_node_id,
     validate_timestamp,
 )
-from topgun.crdt.lww import LWWListener, LWWMap, check_ttl
+from topgun.crdt.lww import COLD, ColdValueError, LWWListener, LWWMap, check_ttl
 from topgun.crdt.merkle import MerkleTree
 from topgun.crdt.ormap import InvalidTagError, ORMap, ORMapListener, ORMergeResult
 from topgun.crdt.pncounter import PNCounter
 from topgun.crdt.records import ZERO, LWWRecord, ORMapRecord, Timestamp
 
 __all__ = [
+    "COLD",
     "HLC",
     "PARTITION_COUNT",
     "ZERO",
     "ClockDriftError",
+    "ColdValueError",
     "InvalidTagError",
     "LWWListener",
     "LWWMap",

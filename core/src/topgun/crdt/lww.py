@@ -3,10 +3,16 @@
 A removal is a tombstone record (value None) that competes like any value, so a late
 removal beats an earlier write and a later write resurrects the key. Tombstones stay
 until GC prunes them (`prune`), which is what lets every replica agree on deletions.
+
+A record can be *cold* (`evict`): its value is dropped from memory while its key,
+timestamp and TTL stay, so merges, Merkle hashes and TTL expiry go on unchanged; the
+value comes back with `thaw` (tiered storage loads it from the backend). Reading a cold
+value raises `ColdValueError` instead of answering wrongly.
 """
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -15,6 +21,28 @@ from topgun.crdt.hashing import fnv1a32
 from topgun.crdt.hlc import HLC, MAX_SAFE_INTEGER, validate_timestamp
 from topgun.crdt.merkle import MerkleTree
 from topgun.crdt.records import LWWRecord, Timestamp
+
+
+class _Cold:
+    """The type of `COLD`: the value a cold record holds in place of its real one."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "COLD"
+
+
+COLD: Any = _Cold()
+"""The value of a cold record (see `LWWMap.evict`); never a real value."""
+
+
+class ColdValueError(LookupError):
+    """A cold record's value was read before `LWWMap.thaw` brought it back."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the value of key {key!r} is evicted from memory (cold): load it first")
+        self.key = key
+
 
 LWWListener = Callable[[str, LWWRecord], None]
 """Called with `(key, record)` after a record is stored: by `set`, `remove` or a merge."""
@@ -48,11 +76,12 @@ class LWWMap:
     newer than the key's current one. TTL expiry is judged with `hlc`'s injected clock.
     """
 
-    __slots__ = ("_hlc", "_listeners", "_merkle", "_records")
+    __slots__ = ("_cold", "_hlc", "_listeners", "_merkle", "_records")
 
     def __init__(self, hlc: HLC) -> None:
         self._hlc = hlc
         self._records: dict[str, LWWRecord] = {}
+        self._cold: set[str] = set()
         self._listeners: list[LWWListener] = []
         self._merkle = MerkleTree(self._item_hash)
 
@@ -94,6 +123,8 @@ class LWWMap:
     def _store(self, key: str, record: LWWRecord) -> None:
         # The HLC has seen every stored timestamp, so a fresh reading always wins.
         self._records[key] = record
+        if self._cold:
+            self._cold.discard(key)
         self._merkle.touch(key)
         for listener in tuple(self._listeners):
             listener(key, record)
@@ -157,6 +188,8 @@ class LWWMap:
                 applied.append(key)
                 if track:
                     stored.append((key, record))
+        if self._cold:
+            self._cold.difference_update(applied)
         self._merkle.touch_many(applied)
         for key, record in stored:
             for listener in tuple(self._listeners):
@@ -164,21 +197,32 @@ class LWWMap:
         return len(applied)
 
     def get(self, key: str) -> Any:
-        """The live value of `key`; None if absent, removed or TTL-expired."""
+        """The live value of `key`; None if absent, removed or TTL-expired.
+
+        Raises `ColdValueError` if the key's record is cold."""
         record = self._records.get(key)
         if record is None or record.value is None:
             return None
         if record.ttl_ms is not None and record.expired(self._hlc.wall_ms()):
             return None
+        if record.value is COLD:
+            raise ColdValueError(key)
         return record.value
 
     def get_record(self, key: str) -> LWWRecord | None:
-        """The stored record of `key`, tombstones and expired records included."""
+        """The stored record of `key`, tombstones and expired records included (a cold
+        record holds `COLD` as its value)."""
         return self._records.get(key)
 
     def items(self) -> list[tuple[str, Any]]:
-        """`(key, value)` of every live (not removed, not expired) key."""
+        """`(key, value)` of every live (not removed, not expired) key.
+
+        Raises `ColdValueError` if one of them is cold."""
         now = self._hlc.wall_ms()
+        if self._cold:
+            for key, record in self._records.items():
+                if record.value is COLD and not record.expired(now):
+                    raise ColdValueError(key)
         return [
             (key, record.value)
             for key, record in self._records.items()
@@ -190,8 +234,51 @@ class LWWMap:
         return [key for key, _ in self.items()]
 
     def records(self) -> list[tuple[str, LWWRecord]]:
-        """`(key, record)` of every stored record, tombstones and expired records included."""
+        """`(key, record)` of every stored record, tombstones and expired records included
+        (cold ones hold `COLD` as their value)."""
         return list(self._records.items())
+
+    # -- cold records ---------------------------------------------------------------------
+
+    def evict(self, key: str) -> bool:
+        """Drop the value of `key` from memory, keeping its timestamp and TTL; True if it
+        was a live value (tombstones and cold records stay as they are).
+
+        Nothing observable changes: no listener is called and the Merkle hash stays.
+        Whoever evicts must be able to `thaw` the same record later (from storage)."""
+        record = self._records.get(key)
+        if record is None or record.value is None or record.value is COLD:
+            return False
+        self._records[key] = LWWRecord(COLD, record.timestamp, record.ttl_ms)
+        self._cold.add(key)
+        return True
+
+    def thaw(self, key: str, record: LWWRecord) -> bool:
+        """Put the value of cold `key` back from `record`; True if it was put back.
+
+        Only a record with the cold record's timestamp is taken: False (and no change) if
+        the key is not cold. Raises ValueError for a record of another timestamp, which
+        means storage does not hold what was evicted."""
+        current = self._records.get(key)
+        if current is None or current.value is not COLD:
+            return False
+        if record.timestamp != current.timestamp or record.value is None:
+            raise ValueError(
+                f"key {key!r}: storage holds {record.timestamp}"
+                f"{' (a tombstone)' if record.value is None else ''}, "
+                f"but the evicted record was {current.timestamp}"
+            )
+        self._records[key] = record
+        self._cold.discard(key)
+        return True
+
+    def is_cold(self, key: str) -> bool:
+        """Whether the value of `key` is evicted from memory."""
+        return key in self._cold
+
+    def cold_keys(self) -> builtins.set[str]:
+        """Every key whose value is evicted from memory (a copy)."""
+        return set(self._cold)
 
     def prune(self, older_than: Timestamp) -> list[str]:
         """Drop tombstones with timestamps before `older_than` (GC, PROTOCOL.md §6.11).
@@ -205,7 +292,7 @@ class LWWMap:
             if record.value is None and record.timestamp < older_than
         ]
         for key in pruned:
-            del self._records[key]
+            del self._records[key]  # tombstones are never cold
         self._merkle.touch_many(pruned)
         return pruned
 

@@ -111,6 +111,8 @@ class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Passed to the backend's factory as they are."""
     wrappers: tuple[NonEmptyStr, ...] = ()
     """Storage wrappers (`register_storage_wrappers`) to apply, innermost first."""
+    wrapper_options: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    """Wrapper name -> its own options (`[storage.wrapper_options.<name>]`)."""
     codecs: tuple[NonEmptyStr, ...] = ()
     """Value codecs (`register_codecs`) applied to persisted bytes, in this order."""
 

@@ -96,22 +96,31 @@ class ExpirySchedule:
         """Schedule every stored record with a TTL (once, after the maps loaded)."""
         before = len(self._heap)
         for name in self.maps.names():
-            lww = self.maps.lww(name)
-            if lww is not None:
-                for key, record in lww.records():
-                    if record.ttl_ms is not None and record.value is not None:
-                        at = record.timestamp.millis + record.ttl_ms
-                        self._heap.append(_Due(at, name, key, str(record.timestamp), True))
-                continue
-            ormap = self.maps.ormap(name)
-            assert ormap is not None
-            for key in ormap.all_keys():
-                for added in ormap.records(key):
-                    if added.ttl_ms is not None:
-                        at = added.timestamp.millis + added.ttl_ms
-                        self._heap.append(_Due(at, name, key, added.tag, False))
+            self._add_map(name)
         heapq.heapify(self._heap)
         return len(self._heap) - before
+
+    def load_map(self, name: str) -> None:
+        """Schedule the records with a TTL of map `name` (restored from the archive)."""
+        self._add_map(name)
+        heapq.heapify(self._heap)
+
+    def _add_map(self, name: str) -> None:
+        lww = self.maps.lww(name)
+        if lww is not None:
+            for key, record in lww.records():
+                if record.ttl_ms is not None and record.value is not None:
+                    at = record.timestamp.millis + record.ttl_ms
+                    self._heap.append(_Due(at, name, key, str(record.timestamp), True))
+            return
+        ormap = self.maps.ormap(name)
+        if ormap is None:
+            return
+        for key in ormap.all_keys():
+            for added in ormap.records(key):
+                if added.ttl_ms is not None:
+                    at = added.timestamp.millis + added.ttl_ms
+                    self._heap.append(_Due(at, name, key, added.tag, False))
 
     def due_ops(self, now_ms: int) -> list[ClientOp]:
         """Pop the entries due at `now_ms`; the ops that expire those still current."""

@@ -136,15 +136,21 @@ class SyncHandler:
             response.ack = await self._operations(request)
         if request.sync_maps is not None:
             response.deltas = [
-                delta for item in request.sync_maps if (delta := self._delta(item)) is not None
+                delta
+                for item in request.sync_maps
+                if (delta := await self._delta(item)) is not None
             ]
         if request.queries is not None:
             response.query_results = [
-                answer for item in request.queries if (answer := self._query(item)) is not None
+                answer
+                for item in request.queries
+                if (answer := await self._query(item)) is not None
             ]
         if request.searches is not None:
             response.search_results = [
-                result for item in request.searches if (result := self._search(item)) is not None
+                result
+                for item in request.searches
+                if (result := await self._search(item)) is not None
             ]
         if self.errors:
             response.errors = self.errors
@@ -175,14 +181,14 @@ class SyncHandler:
             return None
         return self.server.security.field_filter(self.principal, map_name)
 
-    def _delta(self, item: SyncMapRequest) -> MapDelta | None:
+    async def _delta(self, item: SyncMapRequest) -> MapDelta | None:
         fields = self._readable(item.map_name)
         if fields is None:
             return None
         if self.server.maps.kind(item.map_name) == "ormap":
             self._fail(400, "HTTP sync only supports LWW maps", item.map_name)
             return None
-        delta = self.server.ingest.delta(
+        delta = await self.server.ingest.loaded_delta(
             item.map_name,
             since_seq=item.since_seq,
             since_stamp=item.last_sync_timestamp,
@@ -209,7 +215,7 @@ class SyncHandler:
             reset=delta.reset,
         )
 
-    def _query(self, item: HttpQuery) -> HttpQueryResult | None:
+    async def _query(self, item: HttpQuery) -> HttpQueryResult | None:
         fields = self._readable(item.map_name)
         if fields is None:
             return None
@@ -220,10 +226,11 @@ class SyncHandler:
             self._fail(400, str(invalid), item.query_id)
             return None
         rows = []
-        for key, value in live_items(self.server.maps, item.map_name):
-            shown = fields.apply(value)
-            if shown is not WITHHELD:
-                rows.append((key, shown))
+        async with self.server.maps.holding(item.map_name):  # it reads every row
+            for key, value in live_items(self.server.maps, item.map_name):
+                shown = fields.apply(value)
+                if shown is not WITHHELD:
+                    rows.append((key, shown))
         page = run_query(compiled, rows, now_ms=self.server.clock())
         return HttpQueryResult(
             query_id=item.query_id,
@@ -232,10 +239,11 @@ class SyncHandler:
             next_cursor=page.next_cursor,
         )
 
-    def _search(self, item: HttpSearch) -> HttpSearchResult | None:
+    async def _search(self, item: HttpSearch) -> HttpSearchResult | None:
         fields = self._readable(item.map_name)
         if fields is None:
             return None
+        await self.server.search.ready(item.map_name)
         index = self.server.search.index(item.map_name)
         if index is None:
             self._fail(
@@ -254,11 +262,12 @@ class SyncHandler:
             self._fail(400, str(bad), item.search_id)
             return None
         rows: list[ScoredRow] = []
-        for hit in result.hits:
-            value = current_value(self.server.maps, item.map_name, hit.key)
-            shown = WITHHELD if value is ABSENT else fields.apply(value)
-            if shown is not WITHHELD:
-                rows.append(ScoredRow(hit.key, shown, hit.score, hit.matched_terms))
+        async with self.server.maps.holding(item.map_name, [hit.key for hit in result.hits]):
+            for hit in result.hits:
+                value = current_value(self.server.maps, item.map_name, hit.key)
+                shown = WITHHELD if value is ABSENT else fields.apply(value)
+                if shown is not WITHHELD:
+                    rows.append(ScoredRow(hit.key, shown, hit.score, hit.matched_terms))
         return HttpSearchResult(
             search_id=item.search_id, results=rows, total_count=result.total_count
         )

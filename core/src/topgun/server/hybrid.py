@@ -279,15 +279,19 @@ class HybridQueries:
             hybrid.feed(key, value)
         window, cut = hybrid.run(rows)
         hybrid.window = dict(window)
+        self.unsubscribe(session, sub_id)
         self._subs[(session, sub_id)] = hybrid
+        self.maps.pin_map(map_name)  # every change re-ranks every row
         return window, cut
 
     def unsubscribe(self, session: Recipient, sub_id: str) -> None:
-        self._subs.pop((session, sub_id), None)
+        found = self._subs.pop((session, sub_id), None)
+        if found is not None:
+            self.maps.unpin_map(found.map_name)
 
     def drop(self, session: Recipient) -> None:
         for sub_id in [s for s in self._subs if s[0] is session]:
-            del self._subs[sub_id]
+            self.unsubscribe(*sub_id)
 
     def changed(self, events: Iterable[EventPayload]) -> Interest:
         """Recompute the windows of the hybrid queries on the changed maps and queue their
@@ -376,9 +380,10 @@ async def hybrid_query_subscribe(session: Session, message: HybridQuerySubscribe
         session.send_error(400, str(invalid), details)
         return
     fields = server.security.field_filter(principal, request.map_name)
-    window, cut = server.hybrid.subscribe(
-        session, request.subscription_id, request.map_name, query, request.sort, fields
-    )
+    async with server.maps.holding(request.map_name):  # it reads every row
+        window, cut = server.hybrid.subscribe(
+            session, request.subscription_id, request.map_name, query, request.sort, fields
+        )
     server.subscriptions.add(
         session,
         Subscription(_hybrid_key(request.subscription_id), request.map_name, query.wire),

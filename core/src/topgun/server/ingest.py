@@ -35,7 +35,7 @@ from typing import Final
 import anyio
 import msgspec
 
-from topgun.crdt import HLC, LWWRecord, Timestamp
+from topgun.crdt import COLD, HLC, LWWRecord, Timestamp
 from topgun.server.maps import MapRegistry, Recording
 from topgun.server.writes import Applied
 from topgun.storage import Change, Commit, PruneRecord, PutMeta, StorageBackend
@@ -177,6 +177,7 @@ class IngestLog:
         self.listeners: dict[str, set[ChangeListener]] = {}
         """Map name -> who hears each of its changes (the SSE streams)."""
         self._dirty: dict[str, set[str]] = {}
+        self._backend: StorageBackend | None = None
 
     def log(self, map_name: str) -> MapLog:
         """`map_name`'s log (empty for a map with no change yet)."""
@@ -285,11 +286,39 @@ class IngestLog:
         seq = log.seq
         return Delta(records, seq, False, reset, self.hlc.now())
 
+    async def loaded_delta(
+        self,
+        map_name: str,
+        *,
+        since_seq: int | None = None,
+        since_stamp: Timestamp | None = None,
+        limit: int | None = None,
+    ) -> Delta:
+        """`delta`, with an archived map restored first and the values of cold records
+        loaded (under a memory budget)."""
+        await self.maps.ensure_loaded(map_name)
+        delta = self.delta(map_name, since_seq=since_seq, since_stamp=since_stamp, limit=limit)
+        cold = [change.key for change in delta.records if change.record.value is COLD]
+        if not cold:
+            return delta
+        async with self.maps.holding(map_name, cold):
+            lww = self.maps.lww(map_name)
+            assert lww is not None
+            # Each cold record's value is back (or a newer record was written meanwhile).
+            delta.records = [
+                SequencedChange(c.key, c.seq, c.ingest, lww.get_record(c.key) or c.record)
+                if c.record.value is COLD
+                else c
+                for c in delta.records
+            ]
+        return delta
+
     # -- storage ----------------------------------------------------------------------------
 
     async def load(self, backend: StorageBackend) -> int:
         """Restore every LWW map's log; keys changed since the last flush get fresh
         sequences. Returns how many keys were re-sequenced."""
+        self._backend = backend
         headers = {
             name: _header_decoder.decode(raw)
             for name, raw in (await backend.load_meta(HEADER_NAMESPACE)).items()
@@ -297,41 +326,58 @@ class IngestLog:
         repairs: list[Change] = []
         fresh_total = 0
         for name in self.maps.names():
-            lww = self.maps.lww(name)
-            if lww is None:
-                continue
-            header = headers.get(name, _Header(0))
-            log = self.logs[name] = MapLog(
-                seq=header.reserved,
-                reserved=header.reserved,
-                floor=header.floor,
-                floor_stamp=header.floor_stamp,
-            )
-            stored = {
-                key: _entry_decoder.decode(raw)
-                for key, raw in (await backend.load_meta(entries_namespace(name))).items()
-            }
-            kept: list[tuple[int, str, Timestamp]] = []
-            fresh: list[tuple[Timestamp, str]] = []
-            for key, record in lww.records():
-                entry = stored.pop(key, None)
-                if entry is not None and entry.record == record.timestamp:
-                    kept.append((entry.seq, key, entry.ingest))
-                else:
-                    fresh.append((record.timestamp, key))
-            for seq, key, ingest in sorted(kept):
-                log.add(key, seq, ingest)
-            for _, key in sorted(fresh):
-                log.seq += 1
-                log.add(key, log.seq, self.hlc.now())
-            log.reserved = log.seq + RESERVE
-            repairs.append(PutMeta(HEADER_NAMESPACE, name, _encode(self._header(log))))
-            repairs += [PutMeta(entries_namespace(name), key, None) for key in stored]
-            repairs += self._entry_changes(name, log, (key for _, key in fresh))
-            fresh_total += len(fresh)
+            fresh_total += await self._load_log(backend, name, headers.get(name), repairs)
         if repairs:
             await backend.store_batch(repairs)
         return fresh_total
+
+    async def load_map(self, name: str) -> None:
+        """Restore the log of map `name`, back from the archive (`MapRegistry.on_restore`)."""
+        backend = self._backend
+        if backend is None:
+            return
+        raw = (await backend.load_meta(HEADER_NAMESPACE)).get(name)
+        repairs: list[Change] = []
+        header = None if raw is None else _header_decoder.decode(raw)
+        await self._load_log(backend, name, header, repairs)
+        if repairs:
+            await backend.store_batch(repairs)
+
+    async def _load_log(
+        self, backend: StorageBackend, name: str, header: _Header | None, repairs: list[Change]
+    ) -> int:
+        lww = self.maps.lww(name)
+        if lww is None:
+            return 0
+        header = header or _Header(0)
+        log = self.logs[name] = MapLog(
+            seq=header.reserved,
+            reserved=header.reserved,
+            floor=header.floor,
+            floor_stamp=header.floor_stamp,
+        )
+        stored = {
+            key: _entry_decoder.decode(raw)
+            for key, raw in (await backend.load_meta(entries_namespace(name))).items()
+        }
+        kept: list[tuple[int, str, Timestamp]] = []
+        fresh: list[tuple[Timestamp, str]] = []
+        for key, record in lww.records():
+            entry = stored.pop(key, None)
+            if entry is not None and entry.record == record.timestamp:
+                kept.append((entry.seq, key, entry.ingest))
+            else:
+                fresh.append((record.timestamp, key))
+        for seq, key, ingest in sorted(kept):
+            log.add(key, seq, ingest)
+        for _, key in sorted(fresh):
+            log.seq += 1
+            log.add(key, log.seq, self.hlc.now())
+        log.reserved = log.seq + RESERVE
+        repairs.append(PutMeta(HEADER_NAMESPACE, name, _encode(self._header(log))))
+        repairs += [PutMeta(entries_namespace(name), key, None) for key in stored]
+        repairs += self._entry_changes(name, log, (key for _, key in fresh))
+        return len(fresh)
 
     def _entry_changes(self, name: str, log: MapLog, keys: Iterable[str]) -> list[Change]:
         lww = self.maps.lww(name)

@@ -7,14 +7,22 @@ can change a map without persisting and announcing the change. `persist` hands a
 recording's changes to the storage writer and remembers, per key, the commit that holds the
 key's latest state: an op that changed nothing (a replay) asking for `PERSISTED` waits for
 that commit rather than reporting a state that is not on disk yet.
+
+Under a storage `MemoryBudget` (a tiering wrapper asks for one) the registry keeps LWW
+values within the budget: it accounts every stored value in a `HotSet`, evicts the least
+recently used committed ones past the high-water mark (their records go cold: timestamps
+and Merkle hashes stay), and `holding` loads cold values back before a request reads them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Final
 
+import anyio
 import msgspec
 
 from topgun.crdt import (
@@ -28,18 +36,23 @@ from topgun.crdt import (
     Timestamp,
 )
 from topgun.protocol import EventPayload
+from topgun.server.hotset import HotSet
 from topgun.storage import (
     AddORRecord,
+    ArchivingBackend,
     Change,
     Commit,
     LWWSnapshot,
     MapKind,
+    MapSnapshot,
+    MemoryBudget,
     PruneORTag,
     PruneRecord,
     PutMeta,
     PutRecord,
     RemoveORTag,
     StorageBackend,
+    StorageError,
     StorageWriter,
 )
 
@@ -50,6 +63,13 @@ PRUNE_HORIZON_NAMESPACE: Final = "prune_horizon"
 
 _PENDING_SWEEP_AT: Final = 4096
 """Forget committed entries of the per-key commit table once it holds this many."""
+
+_LOAD_CHUNK: Final = 500
+"""Cold keys asked of storage per `load_keys` call."""
+
+_EVICT_SKIPS: Final = 1024
+"""Values an eviction pass steps over (pinned, or not committed yet) before it stops: under
+a burst of writes the next pass goes on, so a pass stays short."""
 
 
 class MapKindMismatch(Exception):
@@ -89,6 +109,48 @@ class _RecordingBlock:
         self._registry._recording = None
 
 
+class _Holding:
+    """`MapRegistry.holding()`: pins values, loads the cold ones, unpins on exit."""
+
+    __slots__ = ("_keys", "_name", "_pins", "_registry")
+
+    def __init__(self, registry: MapRegistry, name: str, keys: Iterable[str] | None) -> None:
+        self._registry = registry
+        self._name = name
+        self._keys = keys if keys is None else list(keys)
+        self._pins: list[tuple[str, str]] | str | None = None
+
+    async def __aenter__(self) -> None:
+        registry = self._registry
+        if self._name in registry._archived:
+            await registry.ensure_loaded(self._name)
+        hot = registry.hot
+        if hot is None:
+            return
+        self._pins = hot.pin(self._name, self._keys)
+        try:
+            await registry._thaw(self._name, self._keys)
+        except BaseException:
+            self.release()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Let the values go (what leaving the `async with` block does)."""
+        hot = self._registry.hot
+        if hot is not None and self._pins is not None:
+            hot.unpin(self._pins)
+            self._pins = None
+            self._registry.enforce_budget()
+
+
 class MapRegistry:
     """Every map of one server, by name, with the server's clock `hlc`."""
 
@@ -102,6 +164,26 @@ class MapRegistry:
         self._recording: Recording | None = None
         self._pending: dict[tuple[str, str], Commit] = {}
         self._sweep_at = _PENDING_SWEEP_AT
+        self._backend: StorageBackend | None = None
+        self.hot: HotSet | None = None
+        """The accounting of hot LWW values under a memory budget; `None` without one."""
+        self._archived: dict[str, MapKind] = {}
+        self._restoring: dict[str, anyio.Event] = {}
+        self.on_restore: list[Callable[[str], Awaitable[None] | None]] = []
+        """Called (and awaited, if async) with a map's name once an archived map is back in
+        memory, before any request uses it."""
+        self.tiered = False
+        """Whether requests must `hold` what they read (a memory budget or archived maps)."""
+
+    def _update_tiered(self) -> None:
+        self.tiered = self.hot is not None or bool(self._archived)
+
+    def set_budget(self, budget: MemoryBudget) -> None:
+        """Keep LWW values within `budget` from now on (call before `load`)."""
+        if self._lww or self._or:
+            raise RuntimeError("set the memory budget before maps are loaded or written")
+        self.hot = HotSet(budget)
+        self._update_tiered()
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -111,7 +193,7 @@ class MapRegistry:
             return "lww"
         if name in self._or:
             return "ormap"
-        return None
+        return self._archived.get(name)
 
     def lww(self, name: str) -> LWWMap | None:
         """The LWW map `name`, if it exists and is one."""
@@ -139,6 +221,8 @@ class MapRegistry:
         found = self._lww.get(name)
         if found is None:
             self.check_kind(name, "lww")
+            if name in self._archived:
+                raise RuntimeError(f"map {name!r} is archived: ensure_loaded() it first")
             found = self._lww[name] = LWWMap(self.hlc)
             found.on_change(self._lww_listener(name))
         return found
@@ -147,6 +231,8 @@ class MapRegistry:
         found = self._or.get(name)
         if found is None:
             self.check_kind(name, "ormap")
+            if name in self._archived:
+                raise RuntimeError(f"map {name!r} is archived: ensure_loaded() it first")
             found = self._or[name] = ORMap(self.hlc)
             found.on_change(self._or_listener(name))
         return found
@@ -168,6 +254,8 @@ class MapRegistry:
     def _lww_listener(self, name: str) -> LWWListener:
         def changed(key: str, record: LWWRecord) -> None:
             recording = self._active()
+            if self.hot is not None:
+                self.hot.note(name, key, record.value)
             recording.changes.append(PutRecord(name, key, record))
             recording.events.append(
                 EventPayload(
@@ -270,10 +358,16 @@ class MapRegistry:
         The clock absorbs the newest stored timestamp of each map, so everything the server
         stamps from now on sorts after what it stored before.
         """
+        self._backend = backend
         infos = await backend.list_maps()
+        if isinstance(backend, ArchivingBackend):
+            self._archived = await backend.archived_maps()
+            self._update_tiered()
         strict, self.hlc.strict = self.hlc.strict, False  # what was stored is never drift
         try:
-            await self._load_maps(backend, [info.name for info in infos])
+            await self._load_maps(
+                backend, [info.name for info in infos if info.name not in self._archived]
+            )
         finally:
             self.hlc.strict = strict
         for name, raw in (await backend.load_meta(PRUNE_HORIZON_NAMESPACE)).items():
@@ -283,21 +377,61 @@ class MapRegistry:
     async def _load_maps(self, backend: StorageBackend, names: list[str]) -> None:
         for name in names:
             snapshot = await backend.load_map(name)
-            if snapshot is None:
-                continue
-            # Loaded state is neither persisted again nor announced: listen afterwards.
-            if isinstance(snapshot, LWWSnapshot):
-                lww = LWWMap(self.hlc)
-                lww.merge_many(list(snapshot.records.items()))
-                lww.on_change(self._lww_listener(name))
-                self._lww[name] = lww
-            else:
-                ormap = ORMap(self.hlc)
-                newest = ormap.restore(snapshot.records, snapshot.tombstones)
-                if newest is not None:
-                    self.hlc.update(newest)
-                ormap.on_change(self._or_listener(name))
-                self._or[name] = ormap
+            if snapshot is not None:
+                self._install(name, snapshot)
+
+    def _install(self, name: str, snapshot: MapSnapshot) -> None:
+        """Make map `name` hold `snapshot` (loaded state is neither persisted again nor
+        announced: listeners come afterwards)."""
+        if isinstance(snapshot, LWWSnapshot):
+            lww = LWWMap(self.hlc)
+            lww.merge_many(list(snapshot.records.items()))
+            lww.on_change(self._lww_listener(name))
+            self._lww[name] = lww
+            if self.hot is not None:
+                for key, record in snapshot.records.items():
+                    self.hot.note(name, key, record.value)
+                self.enforce_budget()
+        else:
+            ormap = ORMap(self.hlc)
+            newest = ormap.restore(snapshot.records, snapshot.tombstones)
+            if newest is not None:
+                self.hlc.update(newest)
+            ormap.on_change(self._or_listener(name))
+            self._or[name] = ormap
+
+    async def ensure_loaded(self, name: str) -> None:
+        """Bring map `name` back from the archive if it is archived (once, however many
+        requests ask at the same time); then call `on_restore`."""
+        if name not in self._archived:
+            return
+        restoring = self._restoring.get(name)
+        if restoring is not None:
+            await restoring.wait()
+            if name in self._archived:
+                raise StorageError(f"map {name!r} could not be restored from the archive")
+            return
+        if self._backend is None:
+            raise RuntimeError("storage is not open")
+        done = self._restoring[name] = anyio.Event()
+        try:
+            snapshot = await self._backend.load_map(name)
+            strict, self.hlc.strict = self.hlc.strict, False
+            try:
+                del self._archived[name]
+                self._update_tiered()
+                if snapshot is not None:
+                    self._install(name, snapshot)
+            finally:
+                self.hlc.strict = strict
+            logger.info("map %r restored from the archive", name)
+            for callback in self.on_restore:
+                result = callback(name)
+                if result is not None:
+                    await result
+        finally:
+            del self._restoring[name]
+            done.set()
 
     async def persist(self, recording: Recording) -> Commit | None:
         """Submit the recording's storage changes; the `Commit` to await for PERSISTED.
@@ -318,6 +452,8 @@ class MapRegistry:
             self._sweep_at = max(_PENDING_SWEEP_AT, 2 * len(pending))
         for key in recording.keys:
             pending[key] = commit
+        if self.hot is not None and self.hot.over:
+            self.enforce_budget()
         return commit
 
     def pending_commit(self, name: str, key: str) -> Commit | None:
@@ -326,3 +462,95 @@ class MapRegistry:
         if commit is None or (commit.done and commit.error is None):
             return None
         return commit
+
+    # -- memory budget ----------------------------------------------------------------------
+
+    def holding(self, name: str, keys: Iterable[str] | None = None) -> _Holding:
+        """`async with maps.holding(name, keys):` the values of `keys` of map `name` (every
+        key when `None`) are in memory, and stay there, for the block.
+
+        Cold values are loaded from storage first; raises `StorageError` if storage does
+        not hold what was evicted. Does nothing without a memory budget."""
+        return _Holding(self, name, keys)
+
+    def pin_map(self, name: str) -> None:
+        """Keep every value of map `name` in memory until `unpin_map` (for a standing
+        subscription that re-reads any row on any change; load them with `holding` first)."""
+        if self.hot is not None:
+            self.hot.pin(name, None)
+
+    def unpin_map(self, name: str) -> None:
+        """Undo one `pin_map`."""
+        if self.hot is not None:
+            self.hot.unpin(name)
+            self.enforce_budget()
+
+    async def hold(self, name: str, keys: Iterable[str] | None = None) -> _Holding:
+        """`holding(name, keys)` entered: call `release()` on the result when done (for
+        paths that cannot nest a block)."""
+        held = _Holding(self, name, keys)
+        await held.__aenter__()
+        return held
+
+    async def _thaw(self, name: str, keys: list[str] | None) -> None:
+        """Load the cold values among `keys` of LWW map `name` (every key when `None`)."""
+        hot, lww, backend = self.hot, self._lww.get(name), self._backend
+        if hot is None or lww is None:
+            return
+        if keys is None:
+            cold = sorted(lww.cold_keys())
+        else:
+            cold = [key for key in keys if lww.is_cold(key)]
+            for key in keys:
+                hot.touch(name, key)
+        if not cold:
+            return
+        if backend is None:
+            raise RuntimeError("storage is not open")
+        for start in range(0, len(cold), _LOAD_CHUNK):
+            chunk = cold[start : start + _LOAD_CHUNK]
+            snapshot = await backend.load_keys(name, chunk)
+            records = snapshot.records if isinstance(snapshot, LWWSnapshot) else {}
+            for key in chunk:
+                if not lww.is_cold(key):
+                    continue  # written (or loaded by another request) meanwhile
+                record = records.get(key)
+                if record is None:
+                    raise StorageError(
+                        f"map {name!r}: storage does not hold key {key!r}, whose value was "
+                        "evicted from memory"
+                    )
+                try:
+                    lww.thaw(key, record)
+                except ValueError as exc:
+                    raise StorageError(f"map {name!r}: {exc}") from None
+                hot.note(name, key, record.value)
+                hot.loads += 1
+
+    def enforce_budget(self) -> int:
+        """Past the high-water mark, evict the least recently used values that are
+        committed and not pinned, down to the low-water mark; returns how many."""
+        hot = self.hot
+        if hot is None or not hot.over:
+            return 0
+        state = (-1 if self.writer is None else self.writer.finished, hot.unpins)
+        if hot.blocked == state:
+            return 0  # nothing committed or unpinned since a pass found nothing to evict
+        lru, low, pending, maps = hot.lru, hot.budget.low_bytes, self._pending, self._lww
+        evicted = skipped = 0
+        limit = min(len(lru), _EVICT_SKIPS)
+        while hot.used > low and lru and skipped < limit:
+            entry = next(iter(lru))
+            commit = pending.get(entry)
+            if hot.pinned(entry) or (
+                commit is not None and not (commit.done and commit.error is None)
+            ):
+                lru.move_to_end(entry)  # in use, or not in storage yet: later
+                skipped += 1
+                continue
+            hot.drop(entry)
+            lww = maps.get(entry[0])
+            if lww is not None and lww.evict(entry[1]):
+                evicted += 1
+        hot.blocked = state if hot.used > low and skipped >= limit else None
+        return evicted

@@ -51,6 +51,10 @@ class ServerMetrics:
       database connection being retried); `topgun_storage_retries`: failed storage attempts
       retried since start; `topgun_storage_staged`: changes accepted but not yet durable
       (a write-behind backlog).
+    - under a storage memory budget (tiering): `topgun_tier_budget_bytes`,
+      `topgun_tier_hot_bytes` (LWW values in memory, as the budget counts them), and the
+      cold-value loads and evictions since start, `topgun_tier_loads` /
+      `topgun_tier_evictions`.
     """
 
     def __init__(self) -> None:
@@ -126,6 +130,22 @@ class ServerMetrics:
         if inc is None:
             inc = self._out[message_type] = self.messages_out.labels(message_type).inc
         inc(count)
+
+    def watch_tiering(
+        self,
+        budget_bytes: int,
+        hot_bytes: Callable[[], float],
+        loads: Callable[[], float],
+        evictions: Callable[[], float],
+    ) -> None:
+        """Export the memory budget's gauges (only servers with one have them)."""
+        for name, help_text, read in (
+            ("topgun_tier_budget_bytes", "Memory budget for LWW map values.", lambda: budget_bytes),
+            ("topgun_tier_hot_bytes", "LWW map values in memory (estimated bytes).", hot_bytes),
+            ("topgun_tier_loads", "Cold values loaded from storage since start.", loads),
+            ("topgun_tier_evictions", "Values evicted from memory since start.", evictions),
+        ):
+            Gauge(name, help_text, registry=self.registry).set_function(read)
 
     def watch_storage(
         self,

@@ -70,6 +70,11 @@ MAX_ATTEMPTS: Final = 3
 """How often a processor runs again when the key changed under it before giving up."""
 
 
+def _stamp(record: LWWRecord | None) -> Timestamp | None:
+    """What identifies a key's state: its record's timestamp (the value may be evicted)."""
+    return None if record is None else record.timestamp
+
+
 class Outcome(enum.Enum):
     """What a processor may return instead of a new value."""
 
@@ -366,12 +371,13 @@ class EntryProcessors:
         args: Any,
     ) -> ProcessResult:
         for _ in range(MAX_ATTEMPTS):
-            lww = self.maps.lww(map_name)
-            before = lww.get_record(key) if lww is not None else None
-            current = lww.get(key) if lww is not None else None
+            async with self.maps.holding(map_name, (key,)):
+                lww = self.maps.lww(map_name)
+                before = _stamp(lww.get_record(key) if lww is not None else None)
+                current = lww.get(key) if lww is not None else None
             outcome, result = await self._call(processor, current, key, args)
             lww = self.maps.lww(map_name)
-            if (lww.get_record(key) if lww is not None else None) != before:
+            if _stamp(lww.get_record(key) if lww is not None else None) != before:
                 continue  # someone wrote the key meanwhile: run again on its new value
             if outcome is UNCHANGED or (outcome is DELETE and current is None):
                 return ProcessResult(True, result=result)

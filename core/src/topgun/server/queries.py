@@ -38,9 +38,11 @@ async def query_sub(session: Session, message: QuerySub) -> None:
         session.send_error(400, str(invalid), details)
         return
     fields = server.security.field_filter(principal, request.map_name)
-    page = server.live.subscribe(
-        session, request.query_id, request.map_name, query, fields, now_ms=server.clock()
-    )
+    # Building a view reads every row: cold values are loaded for the time it takes.
+    async with server.maps.holding(request.map_name):
+        page = server.live.subscribe(
+            session, request.query_id, request.map_name, query, fields, now_ms=server.clock()
+        )
     server.subscriptions.add(
         session, Subscription(request.query_id, request.map_name, request.query)
     )

@@ -98,6 +98,8 @@ class SearchService:
         self.live: LiveSearches[SubId] = LiveSearches()
         self._indexes: dict[str, SearchIndex] = {}
         self._readers: dict[SubId, FieldFilter] = {}
+        self._pinned: dict[SubId, str] = {}
+        """Live search -> the map it keeps in memory (under a memory budget)."""
 
     def index(self, map_name: str) -> SearchIndex | None:
         """The search index of `map_name` (built on first use); `None` if search is off."""
@@ -113,6 +115,13 @@ class SearchService:
             for key, value in live_items(self.maps, map_name):
                 index.set(key, value)
         return index
+
+    async def ready(self, map_name: str) -> None:
+        """Build the index of `map_name` if search is on for it and it is not built yet,
+        with the map's cold values loaded for the time it takes."""
+        if map_name in self.options and map_name not in self._indexes:
+            async with self.maps.holding(map_name):
+                self.index(map_name)
 
     def boost(self, map_name: str, requested: Mapping[str, float] | None) -> dict[str, float]:
         """The map's configured boosts, overridden field by field by the request's."""
@@ -142,6 +151,11 @@ class SearchService:
             boost=self.boost(map_name, options.boost),
         )
         self._readers[sub_id] = fields
+        self.maps.pin_map(map_name)  # a change can bring any row into the window
+        replaced = self._pinned.pop(sub_id, None)
+        if replaced is not None:
+            self.maps.unpin_map(replaced)
+        self._pinned[sub_id] = map_name
         return result
 
     def unsubscribe(self, session: Recipient, subscription_id: str) -> None:
@@ -149,6 +163,9 @@ class SearchService:
         sub_id = (session, subscription_id)
         self.live.unsubscribe(sub_id)
         self._readers.pop(sub_id, None)
+        pinned = self._pinned.pop(sub_id, None)
+        if pinned is not None:
+            self.maps.unpin_map(pinned)
 
     def drop(self, session: Recipient) -> None:
         """Stop every live search of `session` (it disconnected)."""
@@ -218,12 +235,13 @@ def _response(
     )
 
 
-def _refusal(session: Session, map_name: str) -> str | None:
+async def _refusal(session: Session, map_name: str) -> str | None:
     server = session.server
     principal = session.principal
     assert principal is not None
     if not server.security.is_allowed(principal, map_name, "READ"):
         return f"Access denied for map: {map_name}"
+    await server.search.ready(map_name)
     if server.search.index(map_name) is None:
         return f"Full-text search not enabled for map: {map_name}"
     return None
@@ -239,7 +257,7 @@ async def search(session: Session, message: Search) -> None:
     """`SEARCH`: one ranked search → `SEARCH_RESP`."""
     server = session.server
     request = message.payload
-    refusal = _refusal(session, request.map_name)
+    refusal = await _refusal(session, request.map_name)
     if refusal is not None:
         session.send(_failed(request.request_id, refusal))
         return
@@ -258,14 +276,15 @@ async def search(session: Session, message: Search) -> None:
         session.send(_failed(request.request_id, str(bad)))
         return
     fields = server.security.field_filter(session.principal, request.map_name)
-    session.send(
-        _response(
-            request.request_id,
-            result,
-            fields,
-            lambda key: current_value(server.maps, request.map_name, key),
+    async with server.maps.holding(request.map_name, [hit.key for hit in result.hits]):
+        session.send(
+            _response(
+                request.request_id,
+                result,
+                fields,
+                lambda key: current_value(server.maps, request.map_name, key),
+            )
         )
-    )
 
 
 async def search_sub(session: Session, message: SearchSub) -> None:
@@ -273,21 +292,22 @@ async def search_sub(session: Session, message: SearchSub) -> None:
     `requestId` is the `subscriptionId` (§6.8)."""
     server = session.server
     request = message.payload
-    refusal = _refusal(session, request.map_name)
+    refusal = await _refusal(session, request.map_name)
     if refusal is not None:
         session.send(_failed(request.subscription_id, refusal))
         return
     assert session.principal is not None
     fields = server.security.field_filter(session.principal, request.map_name)
     try:
-        result = server.search.subscribe(
-            session,
-            request.subscription_id,
-            request.map_name,
-            request.query,
-            request.options or SearchOptions(),
-            fields,
-        )
+        async with server.maps.holding(request.map_name):  # pinned while it runs
+            result = server.search.subscribe(
+                session,
+                request.subscription_id,
+                request.map_name,
+                request.query,
+                request.options or SearchOptions(),
+                fields,
+            )
     except SearchError as bad:
         session.send(_failed(request.subscription_id, str(bad)))
         return

@@ -56,6 +56,7 @@ from topgun.server.topics import TopicRegistry
 from topgun.server.transport import Transport
 from topgun.server.writes import WritePipeline
 from topgun.storage import (
+    BudgetedBackend,
     StorageBackend,
     StorageStatus,
     StorageWriter,
@@ -163,6 +164,9 @@ class Server:
             configured=config.resolvers,
         )
         self.writes.resolve = self.resolvers.resolve
+        self.writes.reads_previous = lambda name: (
+            self.journal is not None or name in self.resolvers.bindings
+        )
         self.gc = TombstoneGC(
             maps=self.maps,
             clock=self.clock,
@@ -219,11 +223,22 @@ class Server:
             backend = self.backend = open_configured_storage(self.pm, self.config)
             await backend.initialize()
             stack.push_async_callback(backend.close)
+            if isinstance(backend, BudgetedBackend):
+                self.maps.set_budget(backend.memory_budget)
+                hot = self.maps.hot
+                assert hot is not None
+                self.metrics.watch_tiering(
+                    hot.budget.budget_bytes,
+                    lambda: hot.used,
+                    lambda: hot.loads,
+                    lambda: hot.evictions,
+                )
             loaded = await self.maps.load(backend)
             if self.journal is not None:
                 await self.journal.load(backend)
             self.expiry.load()
             await self.ingest.load(backend)
+            self.maps.on_restore += [self.expiry.load_map, self.ingest.load_map]
             await self.resolvers.load(backend)
             writer = await stack.enter_async_context(StorageWriter(backend))
             self.storage_writer = self.maps.writer = writer

@@ -131,7 +131,7 @@ class EventStream:
 
     async def _replay(self) -> AsyncIterator[bytes]:
         while True:
-            delta = self.server.ingest.delta(
+            delta = await self.server.ingest.loaded_delta(
                 self.map_name, since_seq=self.last_seq, limit=REPLAY_PAGE
             )
             chunk = bytearray()
@@ -214,6 +214,7 @@ async def open_stream(
         raise HttpFailure(403, f"Access denied for map: {map_name}")
     if server.maps.kind(map_name) == "ormap":
         raise HttpFailure(400, "Server-sent events only support LWW maps")
+    await server.maps.ensure_loaded(map_name)  # an archived map comes back first
     resume = _resume_point(last_event_id, since)
     fields = server.security.field_filter(principal, map_name)
     return EventStream(server, map_name, fields, resume)

@@ -125,6 +125,7 @@ async def sync_init(session: Session, message: SyncInit) -> None:
     name = message.map_name
     if not _allowed(session, "SYNC_INIT", name, "READ"):
         return
+    await session.server.maps.ensure_loaded(name)  # an archived map comes back first
     if _reset_required(session, name, message.last_sync_timestamp):
         return
     maps = session.server.maps
@@ -141,6 +142,7 @@ async def merkle_req_bucket(session: Session, message: MerkleReqBucket) -> None:
     name, path = message.payload.map_name, message.payload.path
     if not _allowed(session, "MERKLE_REQ_BUCKET", name, "READ"):
         return
+    await session.server.maps.ensure_loaded(name)  # an archived map comes back first
     maps = session.server.maps
     if maps.kind(name) == "ormap":
         _mismatch(session, "MERKLE_REQ_BUCKET", name)
@@ -157,15 +159,17 @@ async def merkle_req_bucket(session: Session, message: MerkleReqBucket) -> None:
         return
     fields = _fields(session, name)
     records: list[LeafRecord] = []
-    for key in keys:
-        record = lww.get_record(key)
-        assert record is not None
-        if record.value is not None and fields.fields is not None:
-            value = fields.apply(record.value)
-            if value is WITHHELD:
-                continue
-            record = msgspec.structs.replace(record, value=value)
-        records.append(LeafRecord(key=key, record=record))
+    async with maps.holding(name, keys):  # a leaf's cold values are loaded first
+        for key in keys:
+            record = lww.get_record(key)
+            if record is None:
+                continue  # pruned while its value was being loaded
+            if record.value is not None and fields.fields is not None:
+                value = fields.apply(record.value)
+                if value is WITHHELD:
+                    continue
+                record = msgspec.structs.replace(record, value=value)
+            records.append(LeafRecord(key=key, record=record))
     session.send(
         SyncRespLeaf(payload=SyncRespLeafPayload(map_name=name, path=path, records=records))
     )
@@ -193,6 +197,7 @@ async def ormap_sync_init(session: Session, message: ORMapSyncInit) -> None:
     name = message.map_name
     if not _allowed(session, "ORMAP_SYNC_INIT", name, "READ"):
         return
+    await session.server.maps.ensure_loaded(name)  # an archived map comes back first
     if session.server.maps.kind(name) == "lww":
         _mismatch(session, "ORMAP_SYNC_INIT", name)
         return
@@ -207,6 +212,7 @@ async def ormap_merkle_req_bucket(session: Session, message: ORMapMerkleReqBucke
     name, path = message.payload.map_name, message.payload.path
     if not _allowed(session, "ORMAP_MERKLE_REQ_BUCKET", name, "READ"):
         return
+    await session.server.maps.ensure_loaded(name)  # an archived map comes back first
     maps = session.server.maps
     if maps.kind(name) == "lww":
         _mismatch(session, "ORMAP_MERKLE_REQ_BUCKET", name)
@@ -242,6 +248,7 @@ async def ormap_diff_request(session: Session, message: ORMapDiffRequest) -> Non
     name = message.payload.map_name
     if not _allowed(session, "ORMAP_DIFF_REQUEST", name, "READ"):
         return
+    await session.server.maps.ensure_loaded(name)  # an archived map comes back first
     if session.server.maps.kind(name) == "lww":
         _mismatch(session, "ORMAP_DIFF_REQUEST", name)
         return
@@ -260,6 +267,7 @@ async def ormap_push_diff(session: Session, message: ORMapPushDiff) -> None:
     name = message.payload.map_name
     if not _allowed(session, "ORMAP_PUSH_DIFF", name, "PUT"):
         return
+    await session.server.maps.ensure_loaded(name)  # an archived map comes back first
     maps = server.maps
     if maps.kind(name) == "lww":
         _mismatch(session, "ORMAP_PUSH_DIFF", name)

@@ -239,6 +239,9 @@ class WritePipeline:
         """Called for every op that changed a map (journal, TTL schedule)."""
         self.record_sent: Callable[[Connection, int], None] | None = None
         """Told the `millis` of every record a connection sends (tombstone GC)."""
+        self.reads_previous: Callable[[str], bool] = lambda map_name: True
+        """Whether a write to the map reads the value it replaces (resolvers, journal): under
+        a memory budget, only then is a cold value loaded for a write."""
         self.resolve: Callable[[ClientOp, WriteContext], Awaitable[ClientOp]] | None = None
         """Step 6, the conflict-resolver chain (`topgun.server.resolvers`): the op as the
         chain leaves it, or `OpFailed` (409) on a rejection."""
@@ -358,36 +361,46 @@ class WritePipeline:
                 op_type, action, kind = classify(op)
                 self._authorize(op, op_type, action, context, live_only, granted)
                 self._check_kind(op.map_name, kind)
-        if self.resolve is not None and op_type in ("PUT", "REMOVE") and not trusted:
-            state.op = op = await self.resolve(op, context)  # §6.1 step 6, §8.2
-        lww = self.maps.lww(op.map_name) if self.observers else None
-        previous = lww.get_record(op.key) if lww is not None else None
+        held = None
+        if self.maps.tiered:
+            # An archived map comes back first; under a memory budget the key's value is
+            # loaded (and kept) if resolvers or the journal read it.
+            reads = self.reads_previous(op.map_name)
+            held = await self.maps.hold(op.map_name, (op.key,) if reads else ())
         try:
-            with self.maps.recording() as recording:
-                if op_type == "OR_ADD":
-                    assert op.or_record is not None
-                    self.maps.add_or(op.map_name, op.key, op.or_record)
-                elif op_type == "OR_REMOVE":
-                    assert op.or_tag is not None
-                    self.maps.tombstone_or(op.map_name, op.or_tag, op.key)
-                else:
-                    assert op.record is not None
-                    self.maps.merge_lww(op.map_name, op.key, op.record)
-        except ClockDriftError:
-            raise OpFailed("Clock drift", 400) from None
-        except MapKindMismatch:
-            raise OpFailed("Map type mismatch", 400) from None
-        except (TypeError, ValueError) as exc:  # a value the CRDT cannot hold
-            raise _invalid(str(exc)) from None
-        if recording.changes:
-            state.changed = True
-            combined.events.extend(recording.events)
-            combined.changes.extend(recording.changes)
-            combined.keys.update(recording.keys)
-            if self.observers:
-                applied = Applied(op.map_name, op.key, previous, recording.events)
-                for observer in self.observers:
-                    observer(applied, combined)
+            if self.resolve is not None and op_type in ("PUT", "REMOVE") and not trusted:
+                state.op = op = await self.resolve(op, context)  # §6.1 step 6, §8.2
+            lww = self.maps.lww(op.map_name) if self.observers else None
+            previous = lww.get_record(op.key) if lww is not None else None
+            try:
+                with self.maps.recording() as recording:
+                    if op_type == "OR_ADD":
+                        assert op.or_record is not None
+                        self.maps.add_or(op.map_name, op.key, op.or_record)
+                    elif op_type == "OR_REMOVE":
+                        assert op.or_tag is not None
+                        self.maps.tombstone_or(op.map_name, op.or_tag, op.key)
+                    else:
+                        assert op.record is not None
+                        self.maps.merge_lww(op.map_name, op.key, op.record)
+            except ClockDriftError:
+                raise OpFailed("Clock drift", 400) from None
+            except MapKindMismatch:
+                raise OpFailed("Map type mismatch", 400) from None
+            except (TypeError, ValueError) as exc:  # a value the CRDT cannot hold
+                raise _invalid(str(exc)) from None
+            if recording.changes:
+                state.changed = True
+                combined.events.extend(recording.events)
+                combined.changes.extend(recording.changes)
+                combined.keys.update(recording.keys)
+                if self.observers:
+                    applied = Applied(op.map_name, op.key, previous, recording.events)
+                    for observer in self.observers:
+                        observer(applied, combined)
+        finally:
+            if held is not None:
+                held.release()
 
     def _check_kind(self, map_name: str, kind: MapKind) -> None:
         try:

@@ -51,16 +51,19 @@ from topgun.storage.errors import (
 from topgun.storage.memory import MemoryBackend, MemoryStore
 from topgun.storage.registry import codec_pipeline, open_configured_storage, open_storage
 from topgun.storage.sqlite import SCHEMA_VERSION, SQLiteBackend, SQLiteOptions
+from topgun.storage.tiering import ArchivingBackend, BudgetedBackend, MemoryBudget, value_size
 from topgun.storage.writebehind import WriteBehind, WriteBehindConfig
 from topgun.storage.writer import Commit, StorageWriter
 
 __all__ = [
     "SCHEMA_VERSION",
     "AddORRecord",
+    "ArchivingBackend",
     "Area",
     "BackendConfig",
     "BackendFactory",
     "BackendWrapper",
+    "BudgetedBackend",
     "Change",
     "CodecContext",
     "CodecPipeline",
@@ -75,6 +78,7 @@ __all__ = [
     "MapKindError",
     "MapSnapshot",
     "MemoryBackend",
+    "MemoryBudget",
     "MemoryStore",
     "ORSnapshot",
     "PruneORTag",
@@ -105,4 +109,5 @@ __all__ = [
     "codec_pipeline",
     "open_configured_storage",
     "open_storage",
+    "value_size",
 ]

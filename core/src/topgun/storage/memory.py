@@ -122,11 +122,14 @@ class MemoryBackend:
             return None
         codecs = self.codecs
         if kind == "lww":
+            stored = store.lww[name]
+            # Asked keys are looked up, not found by a scan: tiering loads a few at a time.
+            wanted = sorted(stored) if keys is None else sorted(keys.intersection(stored))
             records: dict[str, LWWRecord] = {}
-            for key, (blob, timestamp, ttl) in sorted(store.lww[name].items()):
-                if keys is None or key in keys:
-                    value = None if blob is None else codecs.unpack(blob, _ctx("lww", name, key))
-                    records[key] = LWWRecord(value, timestamp, ttl)
+            for key in wanted:
+                blob, timestamp, ttl = stored[key]
+                value = None if blob is None else codecs.unpack(blob, _ctx("lww", name, key))
+                records[key] = LWWRecord(value, timestamp, ttl)
             return LWWSnapshot(name, records)
         or_records: dict[str, list[ORMapRecord]] = {}
         for key, tags in sorted(store.or_records[name].items()):

@@ -8,6 +8,7 @@ lists the names that are known.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ def open_storage(
     codecs: Sequence[str] = (),
     wrappers: Sequence[str] = (),
     options: Mapping[str, Any] | None = None,
+    wrapper_options: Mapping[str, Mapping[str, Any]] | None = None,
     config: Any = None,
     sections: Mapping[str, Any] | None = None,
 ) -> StorageBackend:
@@ -63,7 +65,16 @@ def open_storage(
     first). `config` is the server configuration codec plugins read their sections from
     (`None`: none); `sections` are its plugin sections, where plugin backends and wrappers
     find their settings. The result is not initialized yet: call
-    `await backend.initialize()`."""
+    `await backend.initialize()`.
+
+    Each wrapper gets the backend's config with `options` set to its own entry of
+    `wrapper_options` (empty when it has none); options for a wrapper that is not listed
+    are a `StorageConfigError`."""
+    unused = sorted(set(wrapper_options or {}) - set(wrappers))
+    if unused:
+        raise StorageConfigError(
+            f"options given for storage wrapper(s) {unused} that are not in the wrapper list"
+        )
     registered = collect_registrations(pm.hook.register_storage)
     chosen = _chosen("storage backend", backend, registered)
     pipeline = codec_pipeline(pm, codecs, config=config)
@@ -77,8 +88,11 @@ def open_storage(
         wrapping = collect_registrations(pm.hook.register_storage_wrappers)
         for name in wrappers:
             wrapper = _chosen("storage wrapper", name, wrapping)
+            own = dataclasses.replace(
+                backend_config, options=dict((wrapper_options or {}).get(name, {}))
+            )
             result = _checked_backend(
-                wrapper.obj(result, backend_config),
+                wrapper.obj(result, own),
                 f"storage wrapper {name!r} (plugin {wrapper.plugin})",
             )
     return result
@@ -96,6 +110,7 @@ def open_configured_storage(pm: pluggy.PluginManager, config: Any) -> StorageBac
         codecs=storage.codecs,
         wrappers=storage.wrappers,
         options=storage.options,
+        wrapper_options=storage.wrapper_options,
         config=config,
         sections=config.sections,
     )

@@ -102,6 +102,9 @@ class StorageWriter:
         """How many changes the last transaction held."""
         self.transactions = 0
         """How many transactions were attempted."""
+        self.finished = 0
+        """Counts transactions ending (committed, failed, or made durable later): it moves
+        whenever some `Commit` may have finished."""
         self._clock = clock
         self._deferred = backend if isinstance(backend, DeferredDurability) else None
         self._durable_queue: deque[tuple[int, list[Commit]]] = deque()
@@ -256,6 +259,7 @@ class StorageWriter:
         finally:
             self.last_flush_seconds = self._clock() - started
             self.last_flush_changes = len(changes)
+            self.finished += 1
 
     async def _run_durable(self, backend: DeferredDurability) -> None:
         """Finish staged transactions' commits, in order, once each is durable."""
@@ -277,6 +281,7 @@ class StorageWriter:
                     for commit in commits:
                         commit._finish()
                 self._durable_queue.popleft()
+                self.finished += 1
         finally:
             stopped = StorageClosedError(
                 "the storage writer stopped before this batch was durable; "

@@ -1,0 +1,245 @@
+"""The archive tier: each archived map is one zstd-compressed segment, listed in a
+manifest.
+
+A segment is the msgpack of the map's snapshot (`LWWSnapshot` or `ORSnapshot`), with
+every record as an array of value, timestamp parts and TTL (an integer TTL stays an
+integer), so restoring gives back the same records, values and timestamps byte for
+byte. The manifest (`manifest.json`) names each archived map's segment with its kind,
+SHA-256, sizes and newest timestamp; it is the only object that changes, and it is
+replaced whole. A segment is written (and read back and checked)
+before the manifest names it, and deleted only after the manifest stopped naming it. The
+compressed segment passes through the storage's value codecs, so an encrypted store keeps
+an encrypted archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final, Literal
+
+import msgspec
+import zstandard
+
+from topgun.crdt import LWWRecord, ORMapRecord, Timestamp
+from topgun.storage import (
+    CodecContext,
+    CodecPipeline,
+    LWWSnapshot,
+    MapKind,
+    MapSnapshot,
+    ORSnapshot,
+    StorageCorruptError,
+)
+from topgun_tiered.stores import ObjectStore
+
+MANIFEST: Final = "manifest.json"
+FORMAT: Final = 1
+
+
+class ArchiveCorruptError(StorageCorruptError):
+    """A segment or the manifest does not read back as written."""
+
+
+class SegmentInfo(msgspec.Struct, frozen=True):
+    """One archived map, as the manifest lists it."""
+
+    kind: Literal["lww", "ormap"]
+    segment: str
+    """The object holding it."""
+    sha256: str
+    """Of the compressed segment."""
+    records: int
+    raw_bytes: int
+    """The uncompressed segment's size."""
+    stored_bytes: int
+    """The compressed segment's size."""
+    newest_millis: int
+    """The newest timestamp of any record or tombstone (0 for an empty map)."""
+    archived_at_ms: int
+
+
+class Manifest(msgspec.Struct):
+    format: int = FORMAT
+    maps: dict[str, SegmentInfo] = msgspec.field(default_factory=dict)
+
+
+class _Record(msgspec.Struct, array_like=True):
+    """One LWW or OR record in a segment (the OR tag is its timestamp's string form)."""
+
+    value: Any
+    millis: int
+    counter: int
+    node_id: str
+    ttl_ms: int | float | None = None
+
+
+class _Segment(msgspec.Struct, array_like=True):
+    name: str
+    kind: Literal["lww", "ormap"]
+    records: dict[str, list[_Record]]
+    """Key -> its records (one for an LWW map)."""
+    tombstones: dict[str, str | None] = msgspec.field(default_factory=dict)
+
+
+def _pack(record: LWWRecord | ORMapRecord) -> _Record:
+    ts = record.timestamp
+    return _Record(record.value, ts.millis, ts.counter, ts.node_id, record.ttl_ms)
+
+
+def encode_segment(snapshot: MapSnapshot) -> bytes:
+    """The uncompressed segment of `snapshot`."""
+    if isinstance(snapshot, LWWSnapshot):
+        records = {key: [_pack(record)] for key, record in snapshot.records.items()}
+        return msgspec.msgpack.encode(_Segment(snapshot.name, "lww", records))
+    or_records = {key: [_pack(r) for r in records] for key, records in snapshot.records.items()}
+    segment = _Segment(snapshot.name, "ormap", or_records, dict(snapshot.tombstones))
+    return msgspec.msgpack.encode(segment)
+
+
+def decode_segment(raw: bytes) -> MapSnapshot:
+    """The snapshot an uncompressed segment holds (msgspec.DecodeError if malformed)."""
+    segment = msgspec.msgpack.decode(raw, type=_Segment)
+    if segment.kind == "lww":
+        lww: dict[str, LWWRecord] = {}
+        for key, (r,) in segment.records.items():
+            lww[key] = LWWRecord(r.value, Timestamp(r.millis, r.counter, r.node_id), r.ttl_ms)
+        return LWWSnapshot(segment.name, lww)
+    ormap: dict[str, list[ORMapRecord]] = {}
+    for key, records in segment.records.items():
+        ormap[key] = []
+        for r in records:
+            stamp = Timestamp(r.millis, r.counter, r.node_id)
+            ormap[key].append(ORMapRecord(r.value, stamp, str(stamp), r.ttl_ms))
+    return ORSnapshot(segment.name, ormap, segment.tombstones)
+
+
+ARCHIVE_NAMESPACE: Final = "tiered.archive"
+"""The codec context's namespace of segments (area `meta`, key: the map's name)."""
+
+
+def _context(name: str) -> CodecContext:
+    return CodecContext("meta", ARCHIVE_NAMESPACE, name)
+
+
+def newest_millis(snapshot: MapSnapshot) -> int:
+    """The millis of the newest record (or tombstone tag) of `snapshot`; 0 if empty."""
+    newest = 0
+    if isinstance(snapshot, LWWSnapshot):
+        for record in snapshot.records.values():
+            newest = max(newest, record.timestamp.millis)
+        return newest
+    for records in snapshot.records.values():
+        for or_record in records:
+            newest = max(newest, or_record.timestamp.millis)
+    for tag in snapshot.tombstones:
+        try:
+            newest = max(newest, Timestamp.parse(tag).millis)
+        except ValueError:
+            continue
+    return newest
+
+
+def record_count(snapshot: MapSnapshot) -> int:
+    if isinstance(snapshot, LWWSnapshot):
+        return len(snapshot.records)
+    return sum(map(len, snapshot.records.values())) + len(snapshot.tombstones)
+
+
+class Archive:
+    """Segments and the manifest in one object store."""
+
+    def __init__(
+        self, store: ObjectStore, *, level: int = 3, codecs: CodecPipeline | None = None
+    ) -> None:
+        self.store = store
+        self.level = level
+        self.codecs = codecs or CodecPipeline()
+        """The storage's value codecs: a compressed segment passes through them (so an
+        encrypting codec encrypts the archive too), bound to the map's name."""
+        self.manifest = Manifest()
+
+    async def open(self) -> None:
+        """Open the store and read the manifest (an empty one if there is none yet)."""
+        await self.store.open()
+        data = await self.store.get(MANIFEST)
+        if data is None:
+            self.manifest = Manifest()
+            return
+        try:
+            manifest = msgspec.json.decode(data, type=Manifest)
+        except msgspec.DecodeError as exc:
+            raise ArchiveCorruptError(
+                f"archive manifest {self.store.description}{MANIFEST} is damaged: {exc}"
+            ) from None
+        if manifest.format > FORMAT:
+            raise ArchiveCorruptError(
+                f"archive manifest {self.store.description}{MANIFEST} has format "
+                f"{manifest.format}; this version reads up to {FORMAT}"
+            )
+        self.manifest = manifest
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    def kinds(self) -> dict[str, MapKind]:
+        return {name: info.kind for name, info in self.manifest.maps.items()}
+
+    async def _save(self) -> None:
+        data = msgspec.json.format(msgspec.json.encode(self.manifest), indent=2)
+        await self.store.put(MANIFEST, data)
+
+    async def add(self, name: str, snapshot: MapSnapshot, now_ms: int) -> SegmentInfo:
+        """Write `snapshot` as a segment, check it reads back, and list it."""
+        raw = encode_segment(snapshot)
+        compressed = zstandard.ZstdCompressor(level=self.level).compress(raw)
+        compressed = self.codecs.encode(compressed, _context(name))
+        digest = hashlib.sha256(compressed).hexdigest()
+        segment = f"segments/{hashlib.sha256(name.encode()).hexdigest()[:16]}-{digest[:16]}.zst"
+        await self.store.put(segment, compressed)
+        if await self.store.get(segment) != compressed:
+            raise ArchiveCorruptError(
+                f"segment {self.store.description}{segment} of map {name!r} did not read back "
+                "as written; the map stays where it was"
+            )
+        info = SegmentInfo(
+            kind=snapshot.kind,
+            segment=segment,
+            sha256=digest,
+            records=record_count(snapshot),
+            raw_bytes=len(raw),
+            stored_bytes=len(compressed),
+            newest_millis=newest_millis(snapshot),
+            archived_at_ms=now_ms,
+        )
+        replaced = self.manifest.maps.get(name)
+        self.manifest.maps[name] = info
+        await self._save()
+        if replaced is not None and replaced.segment != segment:
+            await self.store.delete(replaced.segment)
+        return info
+
+    async def read(self, name: str) -> MapSnapshot:
+        """The snapshot archived for map `name` (checked against the manifest)."""
+        info = self.manifest.maps[name]
+        where = f"{self.store.description}{info.segment}"
+        compressed = await self.store.get(info.segment)
+        if compressed is None:
+            raise ArchiveCorruptError(f"segment {where} of archived map {name!r} is missing")
+        if hashlib.sha256(compressed).hexdigest() != info.sha256:
+            raise ArchiveCorruptError(f"segment {where} of archived map {name!r} is damaged")
+        compressed = self.codecs.decode(compressed, _context(name))  # ValueCodecError names it
+        try:
+            snapshot = decode_segment(zstandard.ZstdDecompressor().decompress(compressed))
+        except (zstandard.ZstdError, msgspec.DecodeError, ValueError) as exc:
+            raise ArchiveCorruptError(
+                f"segment {where} of map {name!r} is damaged: {exc}"
+            ) from None
+        if snapshot.name != name or snapshot.kind != info.kind:
+            raise ArchiveCorruptError(f"segment {where} holds map {snapshot.name!r}, not {name!r}")
+        return snapshot
+
+    async def remove(self, name: str) -> None:
+        """Stop listing map `name`, then delete its segment."""
+        info = self.manifest.maps.pop(name)
+        await self._save()
+        await self.store.delete(info.segment)
