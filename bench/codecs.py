@@ -25,10 +25,11 @@ from typing import Any
 
 import anyio
 import msgspec
+import storage as storage_bench  # bench/storage.py: the shared write load
 from json_corpus import KINDS, corpus
 
 from topgun.crdt import LWWRecord, Timestamp
-from topgun.storage import CodecPipeline, LWWSnapshot, PutRecord, SQLiteBackend, StorageWriter
+from topgun.storage import CodecPipeline, LWWSnapshot, PutRecord, SQLiteBackend
 from topgun_compress import DictionaryStore, ZstdCodec, train
 from topgun_crypto import AesGcmCodec
 
@@ -39,21 +40,9 @@ KEY = bytes(range(32))
 async def write_all(
     path: Path, codecs: CodecPipeline, batch: list[PutRecord], writers: int
 ) -> float:
-    backend = SQLiteBackend(path, codecs=codecs)
-    await backend.initialize()
-    async with StorageWriter(backend, max_batch=1000, max_queued=10_000) as writer:
-        start = time.perf_counter()
-
-        async def writer_task(first: int) -> None:
-            commits = [await writer.submit([change]) for change in batch[first::writers]]
-            for commit in commits:
-                await commit.wait()
-
-        async with anyio.create_task_group() as tg:
-            for first in range(writers):
-                tg.start_soon(writer_task, first)
-        elapsed = time.perf_counter() - start
-    await backend.close()
+    """Seconds to write `batch` to a new SQLite file through `codecs` (`writers` tasks, the
+    same load as bench/storage.py's)."""
+    elapsed, _ = await storage_bench.write_all(SQLiteBackend(path, codecs=codecs), batch, writers)
     return elapsed
 
 
