@@ -180,3 +180,21 @@ async def test_maps_stored_before_ingest_sequences_existed_are_sequenced_on_load
     node = Node(store)
     assert await node.start() == 3
     assert node.keys_after(0) == ["k0", "k1", "k2"]
+
+
+async def test_after_a_restart_ingest_stamps_follow_the_stored_ones() -> None:
+    """A client clock ahead of the server pushed the ingest clock forward; after a restart
+    the server's clock is behind again, but new changes still sort after every cursor
+    handed out before (TS clients resume from `serverSyncTimestamp`)."""
+    store = MemoryStore()
+    first = Node(store)
+    await first.start()
+    first.hlc.update(ts(0, NOW + 50_000, "fast-client"))  # a clock 50 s in the future
+    await first.write("a", 1, ts(1))  # stored with an old timestamp, ingested "at +50 s"
+    await first.flush()
+    cursor = first.ingest.delta("m").records[-1].ingest
+    second = Node(store)  # a fresh process: its wall clock is NOW + 1 s again
+    await second.start()
+    await second.write("b", 1, ts(2))
+    (change,) = second.ingest.delta("m", since_stamp=cursor).records
+    assert change.key == "b"

@@ -370,6 +370,10 @@ class IngestLog:
                 fresh.append((record.timestamp, key))
         for seq, key, ingest in sorted(kept):
             log.add(key, seq, ingest)
+        if kept:
+            # Cursors handed out before the restart are ingest stamps up to the newest kept
+            # one: the clock must issue later ones, even if clients had pushed it ahead.
+            self.hlc.update(max(ingest for _, _, ingest in kept))
         for _, key in sorted(fresh):
             log.seq += 1
             log.add(key, log.seq, self.hlc.now())
