@@ -3,6 +3,8 @@ restarts and crashes, prune floors."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from topgun.crdt import HLC, LWWRecord, Timestamp
@@ -198,3 +200,34 @@ async def test_after_a_restart_ingest_stamps_follow_the_stored_ones() -> None:
     await second.write("b", 1, ts(2))
     (change,) = second.ingest.delta("m", since_stamp=cursor).records
     assert change.key == "b"
+
+
+async def test_a_backlog_is_flushed_in_chunks_and_a_failed_chunk_stays_due() -> None:
+    """Many changed keys are persisted a chunk per transaction (the event loop and other
+    commits are never held up by one huge batch); a chunk that fails is retried later."""
+    from topgun.server.ingest import FLUSH_CHUNK
+
+    node = Node(MemoryStore())
+    await node.start()
+    for i in range(2 * FLUSH_CHUNK + 10):
+        await node.write(f"k{i}", i, ts(i))
+    batches: list[int] = []
+
+    class Done:
+        async def wait(self) -> None:
+            return None
+
+    async def failing(changes: Any) -> Any:
+        raise OSError("disk full")
+
+    async def submit(changes: Any) -> Any:
+        batches.append(len(changes))
+        await node.backend.store_batch(changes)
+        return Done()
+
+    with pytest.raises(OSError, match="disk full"):
+        await node.ingest.flush(failing)
+    assert await node.ingest.flush(submit) == 2 * FLUSH_CHUNK + 10
+    assert batches == [FLUSH_CHUNK, FLUSH_CHUNK, 10]
+    stored = await node.backend.load_meta(entries_namespace("m"))
+    assert len(stored) == 2 * FLUSH_CHUNK + 10

@@ -48,6 +48,9 @@ HEADER_NAMESPACE: Final = "ingest"
 RESERVE: Final = 100_000
 """Sequences reserved per header write."""
 
+FLUSH_CHUNK: Final = 1000
+"""Keys whose entries one flush transaction persists."""
+
 DEFAULT_LIMIT: Final = 10_000
 """A delta's default and maximum number of records (PROTOCOL.md §9.2)."""
 
@@ -397,29 +400,47 @@ class IngestLog:
                 changes.append(PutMeta(namespace, key, _encode(stored)))
         return changes
 
-    def take_dirty(self) -> list[Change]:
-        """The storage changes that persist every entry changed since the last call."""
-        dirty, self._dirty = self._dirty, {}
+    def take_dirty(self, limit: int | None = None) -> list[Change]:
+        """The storage changes that persist the entries changed since they were last taken:
+        all of them, or those of at most `limit` keys (the rest stay due)."""
+        return self._take(limit)[0]
+
+    def _take(self, limit: int | None) -> tuple[list[Change], list[tuple[str, list[str]]]]:
         changes: list[Change] = []
-        for name, keys in dirty.items():
-            changes += self._entry_changes(name, self.log(name), sorted(keys))
-        return changes
+        taken_keys: list[tuple[str, list[str]]] = []
+        budget = limit
+        for name in list(self._dirty):
+            keys = self._dirty[name]
+            if budget is not None and len(keys) > budget:
+                taken = [keys.pop() for _ in range(budget)]
+            else:
+                taken = list(keys)
+                del self._dirty[name]
+            changes += self._entry_changes(name, self.log(name), taken)
+            taken_keys.append((name, taken))
+            if budget is not None:
+                budget -= len(taken)
+                if budget == 0:
+                    break
+        return changes, taken_keys
 
     async def flush(self, submit: Submit) -> int:
-        """Persist the changed entries through `submit` (the storage writer's), waiting
-        for the commit; returns how many. On failure they stay due for the next flush."""
-        dirty = {name: set(keys) for name, keys in self._dirty.items()}
-        changes = self.take_dirty()
-        if not changes:
-            return 0
-        try:
-            commit = await submit(changes)
-            await commit.wait()
-        except BaseException:
-            for name, keys in dirty.items():
-                self._dirty.setdefault(name, set()).update(keys)
-            raise
-        return len(changes)
+        """Persist the changed entries through `submit` (the storage writer's), in chunks of
+        `FLUSH_CHUNK` keys, each awaited before the next is built: a backlog of many keys
+        never holds up the event loop or the writer's other transactions for long. Returns
+        how many were persisted; on failure the chunk stays due for the next flush."""
+        done = 0
+        while self._dirty:
+            changes, taken = self._take(FLUSH_CHUNK)
+            try:
+                commit = await submit(changes)
+                await commit.wait()
+            except BaseException:
+                for name, keys in taken:
+                    self._dirty.setdefault(name, set()).update(keys)
+                raise
+            done += len(changes)
+        return done
 
     async def run(self, submit: Submit) -> None:
         """Flush every `flush_interval_ms`, forever (a server background task)."""
