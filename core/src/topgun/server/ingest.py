@@ -198,14 +198,17 @@ class IngestLog:
                 self._sequence(applied.map_name, applied.key, payload.record, recording.changes)
 
     def _sequence(self, name: str, key: str, record: LWWRecord, changes: list[Change]) -> None:
-        log = self.log(name)
+        log = self.logs.get(name) or self.log(name)
         seq = log.seq = log.seq + 1
         if seq > log.reserved - RESERVE // 2:
             log.reserved = seq + RESERVE
             changes.append(PutMeta(HEADER_NAMESPACE, name, _encode(self._header(log))))
         ingest = self.hlc.now()
         log.add(key, seq, ingest)
-        self._dirty.setdefault(name, set()).add(key)
+        dirty = self._dirty.get(name)
+        if dirty is None:
+            dirty = self._dirty[name] = set()
+        dirty.add(key)
         listeners = self.listeners.get(name)
         if listeners:
             change = SequencedChange(key, seq, ingest, record)
