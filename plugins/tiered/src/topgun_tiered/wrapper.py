@@ -34,12 +34,15 @@ from topgun.storage import (
     MemoryBudget,
     PutMeta,
     PutRecord,
+    RecodableBackend,
     RemoveORTag,
     ReportsStatus,
     StorageBackend,
     StorageClosedError,
     StorageConfigError,
+    StorageError,
     StorageStatus,
+    StoredValue,
 )
 from topgun_tiered.archive import Archive, SegmentInfo, newest_millis, record_count
 from topgun_tiered.options import TieredOptions
@@ -257,6 +260,31 @@ class TieredBackend:
             if newest < horizon:
                 idle.append((newest, info.name))
         return [name for _, name in sorted(idle)]
+
+    # -- re-encoding in place (RecodableBackend, forwarded) -----------------------------
+
+    def _recodable(self) -> RecodableBackend:
+        self._check_open()
+        if not isinstance(self.inner, RecodableBackend):
+            raise StorageError(
+                f"{self.inner!r} under tiered storage cannot re-encode stored values "
+                "(it is not a RecodableBackend)"
+            )
+        return self.inner
+
+    async def count_values(self) -> int:
+        """The wrapped backend's count (archived maps live in segments, not counted)."""
+        return await self._recodable().count_values()
+
+    async def scan_values(self, after: StoredValue | None, limit: int) -> list[StoredValue]:
+        """The wrapped backend's scan: the values it stores. Values held in memory are
+        decoded, so re-encoding them on disk changes nothing there; archived segments keep
+        the key they were written with (see docs/storage.md)."""
+        return await self._recodable().scan_values(after, limit)
+
+    async def replace_values(self, replacements: Sequence[tuple[StoredValue, bytes]]) -> int:
+        """The wrapped backend's compare and swap."""
+        return await self._recodable().replace_values(replacements)
 
     async def tier_status(self) -> list[MapStatus]:
         """Every map with its tier, records and bytes."""
