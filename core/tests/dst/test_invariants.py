@@ -88,3 +88,12 @@ def test_counters_and_fencing_and_live_views() -> None:
     assert kinds(checker) == {"fencing"}
     checker = InvariantChecker()
     assert kinds(checker, live_views=[("c1", "q", [("k", 1)], [])]) == {"live-query"}
+
+
+def test_an_or_map_value_missing_on_a_client_breaks_or_convergence() -> None:
+    checker = InvariantChecker()
+    server = {"t": ["a", "b"], "empty": []}
+    assert not kinds(checker, server_sets=server, client_sets={"c1": {"t": ["b", "a"]}})
+    assert kinds(checker, server_sets=server, client_sets={"c1": {"t": ["a"]}}) == {
+        "or-convergence"
+    }

@@ -1,7 +1,7 @@
 """What must hold after a simulated run, checked against what the run recorded.
 
 - **convergence**: after quiescence every client's live data (and counters) equal the
-  server's;
+  server's; **or-convergence**: likewise each OR-Map key's values;
 - **no acknowledged write lost**: the server's record of each key is at least as new as every
   write to it the server acknowledged;
 - **no resurrection**: every final record is one that some client wrote (nothing from
@@ -75,12 +75,15 @@ class InvariantChecker:
         server_counter: float | None,
         client_counters: Mapping[str, float],
         live_views: Iterable[tuple[str, str, Any, Any]] = (),
+        server_sets: Mapping[str, list[Any]] | None = None,
+        client_sets: Mapping[str, Mapping[str, list[Any]]] | None = None,
     ) -> list[Violation]:
         """Every violation, given the final state: the server's maps (name -> key -> record),
         each client's maps, the counter's value on the server and each client, and
         (client, query, live rows, fresh rows) per live query."""
         found: list[Violation] = []
         found += self._convergence(server_maps, client_maps)
+        found += self._set_convergence(server_sets or {}, client_sets or {})
         found += self._durability(server_maps)
         found += self._provenance(server_maps)
         found += self._monotonic()
@@ -117,6 +120,27 @@ class InvariantChecker:
                             "convergence", f"{client} differs from the server on {name}: {diff}"
                         )
                     )
+        return found
+
+    @staticmethod
+    def _set_convergence(
+        server: Mapping[str, list[Any]], clients: Mapping[str, Mapping[str, list[Any]]]
+    ) -> list[Violation]:
+        """OR-Map: every client holds the server's values under each key (as multisets)."""
+
+        def normal(sets: Mapping[str, list[Any]]) -> dict[str, list[str]]:
+            return {key: sorted(map(repr, values)) for key, values in sets.items() if values}
+
+        expected = normal(server)
+        found = []
+        for client, sets in clients.items():
+            held = normal(sets)
+            if held != expected:
+                keys = sorted(
+                    k for k in set(held) | set(expected) if held.get(k) != expected.get(k)
+                )
+                detail = f"{client} differs from the server on the OR-Map at {keys[:3]}"
+                found.append(Violation("or-convergence", detail))
         return found
 
     def _durability(self, server_maps: Mapping[str, Mapping[str, LWWRecord]]) -> list[Violation]:

@@ -45,6 +45,7 @@ __all__ = ["ALL_FAULTS", "DEFAULT_FAULTS", "Scenario", "ScenarioRunner", "SimRes
 
 SECRET: Final = "simulation-secret-" + "0" * 32
 MAP: Final = "m"
+ORMAP: Final = "o"
 COUNTER: Final = "c"
 LOCK: Final = "l"
 KEYS: Final = 8
@@ -298,6 +299,7 @@ class ScenarioRunner:
             for sim in clients:
                 sim.live = sim.client.query(MAP, {"n": {"$gte": 50}})
                 sim.client.counter(COUNTER)  # every replica follows the counter
+                sim.client.ormap(ORMAP)  # and holds the OR-Map
             for step in range(scenario.ops):
                 await anyio.sleep(rng.expovariate(20.0))
                 await self._step(step, rng, clients, root)
@@ -316,8 +318,10 @@ class ScenarioRunner:
             key = f"k{rng.randrange(KEYS)}"
             for other in rng.sample(clients, min(len(clients), 2)):
                 self._write(other, key, {"n": rng.randrange(100), "by": other.name, "step": step})
-        elif roll < 0.70:
+        elif roll < 0.62:
             self._write(sim, f"k{rng.randrange(KEYS)}", None)
+        elif roll < 0.70:
+            self._or_step(sim, rng, step)
         elif roll < 0.80:
             by = rng.randint(1, 5)
             sim.client.counter(COUNTER).increment(by)
@@ -335,6 +339,20 @@ class ScenarioRunner:
             root.start_soon(self._heal_later, sim.name, rng.uniform(0.5, 30.0))
         elif roll < 0.96 and "restart" in faults and self.restarts < 3:
             await self._restart_server(crash="crash" in faults and rng.random() < 0.5)
+
+    def _or_step(self, sim: _SimClient, rng: SeededRNG, step: int) -> None:
+        """Add a value under an OR-Map key, or remove one the client sees there."""
+        tags = sim.client.ormap(ORMAP)
+        key = f"t{rng.randrange(4)}"
+        held = tags.values(key)
+        if held and rng.random() < 0.4:
+            gone = rng.choice(held)
+            tags.remove(key, gone)
+            self.trace(f"{sim.name} or-remove {key}={gone}")
+        else:
+            added = f"{sim.name}-{step}"
+            tags.add(key, added)
+            self.trace(f"{sim.name} or-add {key}={added}")
 
     def _write(self, sim: _SimClient, key: str, value: Any) -> None:
         handle_map = sim.client.map(MAP)
@@ -421,6 +439,10 @@ class ScenarioRunner:
         client_maps = {
             sim.name: {MAP: dict(sim.client.map(MAP)._lww().records())} for sim in clients
         }
+        server_or = server.maps.ormap(ORMAP)
+        held_keys = server_or.keys() if server_or is not None else []
+        server_sets = {key: server_or.values(key) for key in held_keys} if server_or else {}
+        client_sets = {sim.name: dict(sim.client.ormap(ORMAP).items()) for sim in clients}
         query = parse_query({"where": {"n": {"$gte": 50}}})
         views = []
         # A live view follows QUERY_UPDATEs in the order they arrive; a stream transport
@@ -438,6 +460,8 @@ class ScenarioRunner:
             server_counter=server.counters.value(COUNTER),
             client_counters={sim.name: sim.client.counter(COUNTER).value for sim in clients},
             live_views=views,
+            server_sets=server_sets,
+            client_sets=client_sets,
         )
         for line in _state_lines(server_maps):
             self.trace(line)
