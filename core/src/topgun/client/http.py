@@ -37,6 +37,7 @@ from topgun.client.websocket import WebSocketConnector
 from topgun.crdt import HLC, LWWMap, LWWRecord, Timestamp
 from topgun.hooks import Register, hookimpl
 from topgun.protocol import (
+    CORRELATION_FIELDS,
     Auth,
     AuthAck,
     AuthFail,
@@ -82,6 +83,7 @@ from topgun.protocol import (
     SyncResponse,
     SyncRespRoot,
     SyncRespRootPayload,
+    correlation_ids,
 )
 
 __all__ = ["AutoConnector", "HttpConnection", "HttpConnector", "register_connection_providers"]
@@ -339,7 +341,9 @@ class HttpConnection(Connection):
                     payload=ErrorPayload(
                         code=501,
                         message=f"{name} needs a WebSocket connection; HTTP sync does not carry it",
-                        details=_correlation(message),
+                        # `name`/`topic` too: the engine routes a lock's, counter's or
+                        # topic's error by them.
+                        details=correlation_ids(message, (*CORRELATION_FIELDS, "name", "topic")),
                     )
                 )
             )
@@ -676,22 +680,6 @@ def _error_text(response: httpx.Response) -> str:
         return str(response.json().get("error", response.text))
     except ValueError:
         return response.text or f"HTTP {response.status_code}"
-
-
-def _correlation(message: Any) -> dict[str, str]:
-    payload = getattr(message, "payload", message)
-    found: dict[str, str] = {}
-    for attr, wire in (
-        ("request_id", "requestId"),
-        ("query_id", "queryId"),
-        ("subscription_id", "subscriptionId"),
-        ("name", "name"),
-        ("topic", "topic"),
-    ):
-        value = getattr(payload, attr, None) or getattr(message, attr, None)
-        if isinstance(value, str):
-            found[wire] = value
-    return found
 
 
 @dataclass

@@ -17,7 +17,7 @@ import contextlib
 import copy
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
@@ -107,7 +107,6 @@ class _SimClient:
     name: str
     client: TopGunClient
     live: Any = None
-    tokens: list[int] = field(default_factory=list)
     locking: bool = False
     """A lock round is in progress (one at a time per client)."""
 
@@ -171,7 +170,6 @@ class ScenarioRunner:
     # -- the server ---------------------------------------------------------------------
 
     def _plugin_manager(self) -> Any:
-        store = self.store
         runner = self
 
         class SimStorage:
@@ -181,7 +179,6 @@ class ScenarioRunner:
 
         pm = make_plugin_manager(entry_points=(), environ={})
         pm.register(SimStorage(), name="sim-storage")
-        del store
         return pm
 
     def _config(self) -> ServerConfig:
@@ -397,7 +394,6 @@ class ScenarioRunner:
                 self.trace(f"{sim.name} lock failed: {type(exc).__name__}")
                 return
             self.checker.fencing.append((LOCK, token))
-            sim.tokens.append(token)
             self.trace(f"{sim.name} lock granted token {token}")
             await anyio.sleep(hold)
             try:

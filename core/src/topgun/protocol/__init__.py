@@ -108,8 +108,10 @@ from topgun.protocol.locks import (
     LockRequestPayload,
 )
 from topgun.protocol.message import (
+    CORRELATION_FIELDS,
     Message,
     Wire,
+    correlation_ids,
 )
 from topgun.protocol.partitions import (
     NodeEndpoints,
@@ -257,6 +259,7 @@ from topgun.protocol.writes import (
 
 __all__ = [
     "CLIENT_MESSAGE_TYPES",
+    "CORRELATION_FIELDS",
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_BATCH_SIZE",
     "DEFAULT_MAX_DELAY_MS",
@@ -451,6 +454,7 @@ __all__ = [
     "VectorWeights",
     "Wire",
     "WriteConcern",
+    "correlation_ids",
     "decode_client_frame",
     "decode_json",
     "decode_msgpack",

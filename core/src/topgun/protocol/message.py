@@ -10,9 +10,15 @@ every object alive.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, Final
+
 import msgspec
 
-__all__ = ["Message", "Wire"]
+__all__ = ["CORRELATION_FIELDS", "Message", "Wire", "correlation_ids"]
+
+CORRELATION_FIELDS: Final = ("query_id", "request_id", "subscription_id")
+"""Fields that tie an answer (or an `ERROR`) to its request."""
 
 
 class Message(
@@ -28,3 +34,16 @@ class Message(
 
 class Wire(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, gc=False):
     """A map nested inside a message (a `payload`, a result row, an op, …)."""
+
+
+def correlation_ids(message: Any, fields: Iterable[str] = CORRELATION_FIELDS) -> dict[str, str]:
+    """The string values of `fields` on `message` or its `payload`, by camelCase wire name:
+    what an `ERROR` about the message puts in its `details`."""
+    found: dict[str, str] = {}
+    for holder in (message, getattr(message, "payload", None)):
+        for name in fields:
+            value = getattr(holder, name, None)
+            if isinstance(value, str):
+                first, *rest = name.split("_")
+                found[first + "".join(part.title() for part in rest)] = value
+    return found

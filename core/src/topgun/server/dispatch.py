@@ -46,6 +46,7 @@ from topgun.protocol import (
     SearchUnsub,
     SyncInit,
     UnregisterResolver,
+    correlation_ids,
 )
 from topgun.server.counters import COUNTER_HANDLERS
 from topgun.server.hybrid import hybrid_query_subscribe, hybrid_query_unsubscribe
@@ -78,19 +79,6 @@ if TYPE_CHECKING:
 Handler = Callable[["Session", Any], Awaitable[None]]
 """`handler(session, message)`: answers one decoded message of an authenticated session."""
 
-_CORRELATION_FIELDS: Final = ("query_id", "request_id", "subscription_id")
-
-
-def _correlation(message: Any) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for holder in (message, getattr(message, "payload", None)):
-        for name in _CORRELATION_FIELDS:
-            value = getattr(holder, name, None)
-            if isinstance(value, str):
-                camel = name.split("_")[0] + "".join(p.title() for p in name.split("_")[1:])
-                found[camel] = value
-    return found
-
 
 def not_supported(type_name: str) -> Handler:
     """A handler answering `ERROR 501 "<TYPE> is not supported by this server yet"`."""
@@ -99,7 +87,7 @@ def not_supported(type_name: str) -> Handler:
         session.send_error(
             501,
             f"{type_name} is not supported by this server yet",
-            {"type": type_name, **_correlation(message)},
+            {"type": type_name, **correlation_ids(message)},
         )
 
     return answer

@@ -25,7 +25,7 @@ from topgun.protocol import (
     ServerBatchEventPayload,
     ServerEvent,
 )
-from topgun.server.permissions import WITHHELD, FieldFilter
+from topgun.server.permissions import FieldFilter
 from topgun.server.subscriptions import SubscriptionRegistry
 
 Interest = Mapping[tuple[str, str], Collection["Recipient"]]
@@ -53,20 +53,12 @@ def filtered_event(event: EventPayload, fields: FieldFilter) -> EventPayload | N
         return None
     if fields.fields is None:
         return event
-    if event.record is not None and event.record.value is not None:
-        value = fields.apply(event.record.value)
-        if value is WITHHELD:
-            return None
-        return msgspec.structs.replace(
-            event, record=msgspec.structs.replace(event.record, value=value)
-        )
+    if event.record is not None:
+        record = fields.record(event.record)
+        return None if record is None else msgspec.structs.replace(event, record=record)
     if event.or_record is not None:
-        value = fields.apply(event.or_record.value)
-        if value is WITHHELD:
-            return None
-        return msgspec.structs.replace(
-            event, or_record=msgspec.structs.replace(event.or_record, value=value)
-        )
+        or_record = fields.record(event.or_record)
+        return None if or_record is None else msgspec.structs.replace(event, or_record=or_record)
     return event
 
 

@@ -34,7 +34,6 @@ from topgun.protocol import (
     ProtocolError,
     Query,
     QueryResultRow,
-    ScoredRow,
     SearchOptions,
     SyncAck,
     SyncErrorItem,
@@ -42,11 +41,12 @@ from topgun.protocol import (
     SyncRequest,
     SyncResponse,
 )
-from topgun.query import ABSENT, QueryError, parse_query, run_query
+from topgun.query import QueryError, parse_query, run_query
 from topgun.search import SearchError
 from topgun.server.auth import AuthError
 from topgun.server.live import current_value, live_items
 from topgun.server.permissions import WITHHELD, FieldFilter
+from topgun.server.search import scored_rows
 from topgun.server.writes import (
     DEFAULT_WRITE_CONCERN,
     WriteContext,
@@ -196,12 +196,9 @@ class SyncHandler:
         )
         records: list[DeltaRecord] = []
         for change in delta.records:
-            record = change.record
-            if record.value is not None and fields.fields is not None:
-                shown = fields.apply(record.value)
-                if shown is WITHHELD:
-                    continue
-                record = msgspec.structs.replace(record, value=shown)
+            record = fields.record(change.record)
+            if record is None:
+                continue
             event: Literal["PUT", "REMOVE"] = "REMOVE" if record.value is None else "PUT"
             records.append(
                 DeltaRecord(key=change.key, record=record, event_type=event, seq=change.seq)
@@ -261,13 +258,9 @@ class SyncHandler:
         except SearchError as bad:
             self._fail(400, str(bad), item.search_id)
             return None
-        rows: list[ScoredRow] = []
-        async with self.server.maps.holding(item.map_name, [hit.key for hit in result.hits]):
-            for hit in result.hits:
-                value = current_value(self.server.maps, item.map_name, hit.key)
-                shown = WITHHELD if value is ABSENT else fields.apply(value)
-                if shown is not WITHHELD:
-                    rows.append(ScoredRow(hit.key, shown, hit.score, hit.matched_terms))
+        maps = self.server.maps
+        async with maps.holding(item.map_name, [hit.key for hit in result.hits]):
+            rows = scored_rows(result, fields, lambda key: current_value(maps, item.map_name, key))
         return HttpSearchResult(
             search_id=item.search_id, results=rows, total_count=result.total_count
         )

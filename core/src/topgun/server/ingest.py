@@ -198,7 +198,7 @@ class IngestLog:
                 self._sequence(applied.map_name, applied.key, payload.record, recording.changes)
 
     def _sequence(self, name: str, key: str, record: LWWRecord, changes: list[Change]) -> None:
-        log = self.logs.get(name) or self.log(name)
+        log = self.log(name)
         seq = log.seq = log.seq + 1
         if seq > log.reserved - RESERVE // 2:
             log.reserved = seq + RESERVE

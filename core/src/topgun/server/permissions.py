@@ -13,10 +13,11 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Final, Literal, NamedTuple
+from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
 
+from topgun.crdt import LWWRecord, ORMapRecord
 from topgun.hooks import Principal
 
 Action = Literal["READ", "PUT", "REMOVE", "ALL"]
@@ -63,6 +64,9 @@ Withheld = Literal[_Withheld.WITHHELD]
 """The type of `WITHHELD`."""
 
 
+R = TypeVar("R", LWWRecord, ORMapRecord)
+
+
 class FieldFilter(msgspec.Struct, frozen=True):
     """What one principal may see of one map's values.
 
@@ -84,6 +88,15 @@ class FieldFilter(msgspec.Struct, frozen=True):
         if self.fields is None:
             return value
         return _keep_fields(value, self.fields)
+
+    def record(self, record: R) -> R | None:
+        """`record` with its value as this principal may see it, `None` if withheld; a
+        tombstone (no value) passes unchanged."""
+        if not self.readable:
+            return None
+        if self.fields is None or record.value is None:
+            return record
+        return msgspec.structs.replace(record, value=_keep_fields(record.value, self.fields))
 
 
 def _keep_fields(value: Any, fields: frozenset[str]) -> Any:

@@ -214,18 +214,28 @@ class SearchService:
                     session.send_frame(self.encode(message), "SEARCH_UPDATE")
 
 
+def scored_rows(
+    result: SearchResult | None, fields: FieldFilter, value_of: Callable[[str], Any]
+) -> list[ScoredRow]:
+    """The hits of `result` with their current values as `fields` shows them (hits whose
+    value is gone or withheld are left out)."""
+    rows: list[ScoredRow] = []
+    if result is not None:
+        for hit in result.hits:
+            current = value_of(hit.key)
+            value = WITHHELD if current is ABSENT else fields.apply(current)
+            if value is not WITHHELD:
+                rows.append(ScoredRow(hit.key, value, hit.score, hit.matched_terms))
+    return rows
+
+
 def _response(
     request_id: str,
     result: SearchResult | None,
     fields: FieldFilter,
     value_of: Callable[[str], Any],
 ) -> SearchResp:
-    rows: list[ScoredRow] = []
-    if result is not None:
-        for hit in result.hits:
-            value = fields.apply(value_of(hit.key))
-            if value is not WITHHELD:
-                rows.append(ScoredRow(hit.key, value, hit.score, hit.matched_terms))
+    rows = scored_rows(result, fields, value_of)
     return SearchResp(
         payload=SearchRespPayload(
             request_id=request_id,

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import anyio
-import msgspec
 
 from topgun.hooks import Principal, hookimpl
 from topgun.protocol import SseChange, SseResync
@@ -32,7 +31,7 @@ from topgun.server.http_sync import (
     error_response,
 )
 from topgun.server.ingest import SequencedChange
-from topgun.server.permissions import WITHHELD, FieldFilter
+from topgun.server.permissions import FieldFilter
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -76,12 +75,9 @@ class EventStream:
         self._wakeup.set()
 
     def _event(self, change: SequencedChange) -> bytes | None:
-        record = change.record
-        if record.value is not None and self.fields.fields is not None:
-            shown = self.fields.apply(record.value)
-            if shown is WITHHELD:
-                return None
-            record = msgspec.structs.replace(record, value=shown)
+        record = self.fields.record(change.record)
+        if record is None:
+            return None
         data = SseChange(
             map_name=self.map_name,
             key=change.key,

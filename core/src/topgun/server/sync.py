@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import msgspec
-
 from topgun.crdt import ORMap
 from topgun.protocol import (
     ClientOp,
@@ -43,7 +41,7 @@ from topgun.protocol import (
     SyncRespRoot,
     SyncRespRootPayload,
 )
-from topgun.server.permissions import WITHHELD, FieldFilter
+from topgun.server.permissions import FieldFilter
 from topgun.server.writes import WriteContext
 
 if TYPE_CHECKING:
@@ -161,15 +159,12 @@ async def merkle_req_bucket(session: Session, message: MerkleReqBucket) -> None:
     records: list[LeafRecord] = []
     async with maps.holding(name, keys):  # a leaf's cold values are loaded first
         for key in keys:
-            record = lww.get_record(key)
-            if record is None:
+            stored = lww.get_record(key)
+            if stored is None:
                 continue  # pruned while its value was being loaded
-            if record.value is not None and fields.fields is not None:
-                value = fields.apply(record.value)
-                if value is WITHHELD:
-                    continue
-                record = msgspec.structs.replace(record, value=value)
-            records.append(LeafRecord(key=key, record=record))
+            record = fields.record(stored)
+            if record is not None:
+                records.append(LeafRecord(key=key, record=record))
     session.send(
         SyncRespLeaf(payload=SyncRespLeafPayload(map_name=name, path=path, records=records))
     )
@@ -180,14 +175,7 @@ def or_entry(ormap: ORMap | None, key: str, fields: FieldFilter) -> ORMapEntry:
     withheld ones left out) and the tombstones of its tags."""
     if ormap is None:
         return ORMapEntry(key=key, records=[], tombstones=[])
-    records = ormap.records(key)
-    if fields.fields is not None:
-        shown = []
-        for record in records:
-            value = fields.apply(record.value)
-            if value is not WITHHELD:
-                shown.append(msgspec.structs.replace(record, value=value))
-        records = shown
+    records = [shown for r in ormap.records(key) if (shown := fields.record(r)) is not None]
     return ORMapEntry(key=key, records=records, tombstones=ormap.tombstones_of(key))
 
 
