@@ -87,8 +87,8 @@ def configure(tmp_path: Path, plugins: TopgunPluginManager) -> Callable[..., Ser
     return make
 
 
-def token() -> str:
-    claims = {"sub": "tester", "roles": ["ADMIN"], "exp": int(time.time()) + 3600}
+def token(roles: Sequence[str] = ("ADMIN",)) -> str:
+    claims = {"sub": "tester", "roles": list(roles), "exp": int(time.time()) + 3600}
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
@@ -165,6 +165,7 @@ class Kit:
     client_of = staticmethod(client_of)
     write_every_kind = staticmethod(write_every_kind)
     stored_bytes = staticmethod(stored_bytes)
+    token = staticmethod(token)
 
 
 @pytest.fixture

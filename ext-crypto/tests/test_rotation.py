@@ -227,3 +227,54 @@ async def test_a_running_server_rotates_in_the_background(
         todos = server.maps.lww("todos")
         assert todos is not None
         assert todos.get("t1") == {"title": f"{kit.MARKER} todo 1", "done": False}
+
+
+def test_rotate_with_url_drives_a_running_server_with_a_progress_bar(
+    configure: Callable[..., Any], plugins: Any, kit: Any
+) -> None:
+    """`topgun crypto rotate --url` has the running server rotate in the background, beside
+    its writes, and shows the server's progress; a token without ADMIN is refused."""
+    from topgun.server.app import create_app
+    from topgun.server.serve import bound_address, host, listen_socket
+
+    async def fill() -> None:
+        async with Server(configure(keys=kit.ring("k1")), pm=plugins) as server:
+            await kit.write_every_kind(server)
+
+    anyio.run(fill)
+    config = configure(keys=kit.ring("k1", "k2"))
+    codec = AesGcmCodec(KeyRing([(name, kit.KEYS[name]) for name in ("k1", "k2")]))
+    cli, runner = build_cli(plugins), CliRunner()
+
+    async def serve_and_rotate() -> tuple[Any, Any, set[str | None]]:
+        listener = listen_socket("127.0.0.1", 0)
+        url = f"http://127.0.0.1:{bound_address(listener)[1]}"
+        stop = anyio.Event()
+        async with Server(config, pm=plugins) as server, anyio.create_task_group() as tg:
+
+            async def stopped() -> None:
+                await stop.wait()
+                await server.shutdown()
+
+            tg.start_soon(
+                lambda: host(create_app(server), listener, config, shutdown_trigger=stopped)
+            )
+            args = ["crypto", "rotate", "--url", url, "--token", kit.token()]
+            done = await anyio.to_thread.run_sync(lambda: runner.invoke(cli, args))
+            user = kit.token(roles=["USER"])
+            refused = await anyio.to_thread.run_sync(
+                lambda: runner.invoke(cli, ["crypto", "rotate", "--url", url, "--token", user])
+            )
+            assert server.backend is not None
+            usage = set(await key_usage(server.backend, codec))  # type: ignore[arg-type]
+            stop.set()
+        return done, refused, usage
+
+    done, refused, usage = anyio.run(serve_and_rotate)
+    assert done.exit_code == 0, done.output
+    assert "to key 'k2'" in done.stdout
+    assert "rotating to key k2" in done.stderr  # the progress bar
+    assert usage == {"k2"}
+    assert refused.exit_code == 1
+    assert "403" in refused.stderr
+    assert "ADMIN" in refused.stderr

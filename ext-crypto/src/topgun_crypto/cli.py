@@ -9,6 +9,7 @@ server rotates in the background itself when `[crypto] rotate_on_startup` is set
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 import anyio
 import click
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -135,20 +137,33 @@ def status(
     show_default=True,
     help="Values re-encrypted per transaction.",
 )
+@click.option(
+    "--url",
+    default=None,
+    help="A running server (http://host:port): it rotates in the background while this "
+    "shows the progress (needs --token with the ADMIN role).",
+)
+@click.option("--token", envvar="TOPGUN_TOKEN", default=None, help="JWT for --url.")
 @click.pass_obj
 def rotate_command(
     pm: TopgunPluginManager,
     config_file: Path | None,
     config_overrides: dict[str, Any],
     batch_size: int,
+    url: str | None,
+    token: str | None,
 ) -> None:
     """Re-encrypt every stored value with the active key, with a progress bar.
 
     Interrupting it loses nothing; running it again resumes (values already under the
-    active key are skipped on their header). Stop the server first, or let it rotate in
-    the background ([crypto] rotate_on_startup).
+    active key are skipped on their header). With --url the running server does the work
+    in the background, beside its writes; without it the server must be stopped (SQLite
+    is opened by one process only).
     """
     console = Console(stderr=True)
+    if url is not None:
+        _rotate_online(url, token, console)
+        return
 
     async def work(backend: RecodableBackend, codec: AesGcmCodec) -> None:
         columns = (
@@ -171,3 +186,45 @@ def rotate_command(
         )
 
     _run(pm, config_file, config_overrides, work)
+
+
+def _rotate_online(url: str, token: str | None, console: Console) -> None:
+    """Ask the server at `url` to rotate and follow its progress until it is done."""
+    if not token:
+        raise click.UsageError("--url needs --token (or TOPGUN_TOKEN): an ADMIN token")
+    endpoint = url.rstrip("/") + "/admin/crypto/rotate"
+    headers = {"Authorization": f"Bearer {token}"}
+    columns = (
+        TextColumn("[bold]rotating to key {task.fields[key]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    try:
+        with httpx.Client(timeout=30) as client:
+            status = _answer(client.post(endpoint, headers=headers))
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task("rotate", total=None, key=status["key"])
+                while status["running"]:
+                    time.sleep(0.2)  # the server works; this only polls its progress
+                    status = _answer(client.get(endpoint, headers=headers))
+                    bar.update(task, completed=status["done"], total=status["total"] or None)
+    except httpx.HTTPError as exc:
+        click.echo(f"topgun crypto: {endpoint}: {exc}", err=True)
+        raise SystemExit(1) from None
+    if status["error"] is not None:
+        click.echo(f"topgun crypto: the rotation stopped: {status['error']}", err=True)
+        raise SystemExit(1)
+    click.echo(f"rotated {status['rotated']} of {status['done']} value(s) to key {status['key']!r}")
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code not in (200, 202):
+        try:
+            error = response.json().get("error", response.text)
+        except ValueError:
+            error = response.text
+        click.echo(f"topgun crypto: the server answered {response.status_code}: {error}", err=True)
+        raise SystemExit(1)
+    status: dict[str, Any] = response.json()
+    return status

@@ -87,14 +87,31 @@ async def key_usage(backend: RecodableBackend, codec: AesGcmCodec) -> dict[str |
     return usage
 
 
-async def rotate_in_background(backend: RecodableBackend, codec: AesGcmCodec) -> None:
+@dataclass
+class RotationStatus:
+    """Where a rotation running inside a server is (`GET /admin/crypto/rotate`)."""
+
+    key: str
+    running: bool = True
+    done: int = 0
+    total: int = 0
+    rotated: int = 0
+    error: str | None = None
+
+
+async def rotate_in_background(
+    backend: RecodableBackend, codec: AesGcmCodec, status: RotationStatus | None = None
+) -> None:
     """`rotate` beside a running server, logging its progress (every tenth) and outcome
-    to the logger `topgun_crypto.rotation`; a failure is logged as an error, naming the
-    map and key, and leaves the server running (values not yet rotated stay readable)."""
+    to the logger `topgun_crypto.rotation` and keeping `status` up to date; a failure is
+    logged as an error, naming the map and key, and leaves the server running (values not
+    yet rotated stay readable)."""
     logged = -1
+    status = status or RotationStatus(codec.keyring.active)
 
     def progress(done: int, total: int) -> None:
         nonlocal logged
+        status.done, status.total = done, total
         tenth = done * 10 // max(total, 1)
         if tenth > logged:
             logged = tenth
@@ -103,8 +120,10 @@ async def rotate_in_background(backend: RecodableBackend, codec: AesGcmCodec) ->
     try:
         report = await rotate(backend, codec, progress=progress)
     except Exception as exc:
+        status.error, status.running = str(exc), False
         logger.error("key rotation to %r stopped: %s", codec.keyring.active, exc)
         return
+    status.rotated, status.running = report.rotated, False
     logger.info(
         "key rotation to %r done: %d of %d value(s) re-encrypted",
         codec.keyring.active,
