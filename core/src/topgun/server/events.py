@@ -12,7 +12,7 @@ one encoded frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -84,6 +84,9 @@ class EventRouter:
         matching the key)."""
         self.after_delivery: list[Callable[[], None]] = []
         """Called once the events are queued (live query updates follow their events)."""
+        self.settlers: list[Callable[[], Awaitable[None]]] = []
+        """Awaited by `settle`: send what `after_delivery` left waiting for cold rows
+        (under a memory budget)."""
 
     def deliver(self, events: Sequence[EventPayload], origin: Recipient | None) -> int:
         """Send `events` (the changes of one request, in order) to their recipients.
@@ -105,6 +108,11 @@ class EventRouter:
         finally:
             for after in self.after_delivery:
                 after()
+
+    async def settle(self) -> None:
+        """Finish the last deliveries: updates that wait for a row's value to be loaded."""
+        for settler in self.settlers:
+            await settler()
 
     def _route(
         self, events: Sequence[EventPayload], origin: Recipient | None, interest: Interest | None

@@ -31,12 +31,16 @@ class HotSet:
         "lru",
         "unpins",
         "used",
+        "views",
     )
 
     def __init__(self, budget: MemoryBudget) -> None:
         self.budget = budget
         self.used = 0
-        """Estimated bytes of every hot value."""
+        """Estimated bytes of every hot value, and of what live views keep (`views`)."""
+        self.views = 0
+        """Estimated bytes live views keep (`charge`): counted in `used`, never evicted,
+        so values are evicted to make room for them."""
         self.lru: OrderedDict[Entry, int] = OrderedDict()
         """Hot entry -> its estimated bytes, least recently used first."""
         self.evictions = 0
@@ -63,6 +67,11 @@ class HotSet:
         if size:
             lru[entry] = size
         self.used += size - old
+
+    def charge(self, delta: int) -> None:
+        """Live views now keep `delta` more bytes (fewer, if negative)."""
+        self.views += delta
+        self.used += delta
 
     def touch(self, name: str, key: str) -> None:
         """A read used the value of (name, key): it becomes the most recently used."""

@@ -14,6 +14,13 @@ For each changed key, the work is proportional to the live queries it could affe
 standing-query index of `LiveQueries`), never a re-run of every query. The same lookup says
 which sessions the change's `SERVER_EVENT` goes to: those holding a live query on the map
 whose filter matches the key's value before or after the change.
+
+Under a memory budget a view keeps, per row, only the attributes its queries' predicates and
+sorts and its indexes read (`topgun.server.views.project`), counted in the budget: that is
+all re-evaluating a row needs. Values are read through the registry when they are sent: a
+`QUERY_RESP` loads its page, and a `QUERY_UPDATE` for a row that moved into a window while
+cold waits in the outbox until `settle` loaded it. `prepare` builds (or widens) a view
+before a subscription, reading the map a chunk at a time.
 """
 
 from __future__ import annotations
@@ -22,14 +29,37 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import anyio
 import msgspec
 
+from topgun.crdt import ColdValueError
 from topgun.protocol import ChangeType, EventPayload, QueryUpdate, QueryUpdatePayload
-from topgun.query import ABSENT, CompiledQuery, IndexedMap, IndexSpec, LiveQueries, QueryResult
+from topgun.query import (
+    ABSENT,
+    CompiledQuery,
+    IndexedMap,
+    IndexSpec,
+    LiveQueries,
+    QueryResult,
+    WindowChange,
+)
 from topgun.query.predicates import ALWAYS
+from topgun.query.sort import KEY_FIELD
 from topgun.server.events import Recipient
 from topgun.server.maps import MapRegistry
 from topgun.server.permissions import WITHHELD, FieldFilter
+from topgun.server.views import (
+    SCAN_CHUNK,
+    Build,
+    Charge,
+    Outbox,
+    current_value,
+    predicate_fields,
+    project,
+    scan,
+)
+
+__all__ = ["Interest", "LiveQueryService", "SubId", "current_value", "live_items"]
 
 SubId = tuple[Recipient, str]
 """A live query's identity: the session and its client-chosen `queryId`."""
@@ -42,19 +72,6 @@ _CHANGE_TYPE: Final[dict[str, ChangeType]] = {
     "UPDATE": "UPDATE",
     "REMOVE": "LEAVE",
 }
-
-
-def current_value(maps: MapRegistry, map_name: str, key: str) -> Any:
-    """The live row value of `key` in `map_name` (OR-Map: its live values), or `ABSENT`."""
-    lww = maps.lww(map_name)
-    if lww is not None:
-        value = lww.get(key)
-        return ABSENT if value is None else value
-    ormap = maps.ormap(map_name)
-    if ormap is None:
-        return ABSENT
-    values = ormap.values(key)
-    return values if values else ABSENT
 
 
 def live_items(maps: MapRegistry, map_name: str) -> list[tuple[str, Any]]:
@@ -72,14 +89,54 @@ class _View:
 
     fields: FieldFilter
     rows: IndexedMap
+    keep: frozenset[str] | None = None
+    """Under a memory budget: the attributes `rows` keep of each row (None: whole rows)."""
+    charge: Charge | None = None
+    """What `rows` keep, counted in the memory budget."""
     live: LiveQueries[SubId] = field(default_factory=LiveQueries)
     queries: dict[SubId, CompiledQuery] = field(default_factory=dict)
+    staged: list[tuple[IndexedMap, frozenset[str], Charge]] = field(default_factory=list)
+    """Rows being rebuilt to keep more attributes, kept in step with changes meanwhile."""
+    preparing: int = 0
+    """Subscriptions being prepared through this view: it stays while there are any."""
 
     def shown(self, value: Any) -> Any:
         if value is ABSENT:
             return ABSENT
         visible = self.fields.apply(value)
         return ABSENT if visible is WITHHELD else visible
+
+    def put(self, key: str, shown: Any) -> None:
+        """`key` now shows `shown` (`ABSENT`: not at all) to this view's subscribers."""
+        _put(self.rows, self.charge, key, _kept(shown, self.keep))
+        for rows, keep, charge in self.staged:
+            _put(rows, charge, key, _kept(shown, keep))
+
+
+def _kept(shown: Any, keep: frozenset[str] | None) -> Any:
+    return shown if keep is None else project(shown, keep)
+
+
+def _put(rows: IndexedMap, charge: Charge | None, key: str, row: Any) -> None:
+    if charge is not None:
+        charge.change(rows.get(key), row)
+    if row is ABSENT:
+        rows.delete(key)
+    else:
+        rows.set(key, row)
+
+
+def _frame(encode: Callable[[msgspec.Struct], bytes], query_id: str, change: WindowChange) -> bytes:
+    message = QueryUpdate(
+        payload=QueryUpdatePayload(
+            query_id=query_id,
+            key=change.key,
+            value=change.value,
+            type=change.type,
+            change_type=_CHANGE_TYPE[change.type],
+        )
+    )
+    return encode(message)
 
 
 class LiveQueryService:
@@ -100,7 +157,10 @@ class LiveQueryService:
         self.adaptive_after = adaptive_after
         self._views: dict[str, dict[FieldFilter, _View]] = {}
         self._subs: dict[SubId, tuple[str, FieldFilter]] = {}
-        self._outbox: list[tuple[Recipient, bytes]] = []
+        self._outbox = Outbox(maps, "QUERY_UPDATE")
+        self._held: dict[SubId, list[tuple[Recipient, bytes] | _Later]] = {}
+        """Updates of subscriptions whose `QUERY_RESP` is not sent yet (`release`)."""
+        self._building = anyio.Lock()
 
     def __len__(self) -> int:
         return len(self._subs)
@@ -119,6 +179,76 @@ class LiveQueryService:
             rows.load((key, value) for key, value in shown if value is not ABSENT)
         return view
 
+    def _needs(self, map_name: str, query: CompiledQuery) -> frozenset[str]:
+        """The attributes a view must keep to run `query` and its indexes."""
+        names = predicate_fields(query.predicate)
+        names.update(f.field for f in query.sort.fields if f.field != KEY_FIELD)
+        for spec in self.indexes.get(map_name, ()):
+            names.update(spec.fields)
+        return frozenset(names)
+
+    async def prepare(self, map_name: str, query: CompiledQuery, fields: FieldFilter) -> None:
+        """Under a memory budget, build the view `query` will run over, or widen what it
+        keeps, reading the map a chunk at a time (call `subscribe` right after, without
+        awaiting). Without a budget this does nothing: `subscribe` builds the view."""
+        if self.maps.hot is None:
+            return
+        need = self._needs(map_name, query)
+        async with self._building:
+            view = self._views.get(map_name, {}).get(fields)
+            if view is not None and view.keep is not None and need <= view.keep:
+                return
+            if view is None:
+                specs = self.indexes.get(map_name, ())
+                rows = IndexedMap(specs, adaptive_after=self.adaptive_after)
+                charge = Charge(self.maps)
+                view = _View(fields, rows, need, charge)
+                self._views.setdefault(map_name, {})[fields] = view
+                target: tuple[IndexedMap, frozenset[str], Charge] = (rows, need, charge)
+            else:
+                keep = need | (view.keep or frozenset())
+                specs = list(view.rows.indexes)
+                rows = IndexedMap(specs, adaptive_after=self.adaptive_after)
+                target = (rows, keep, Charge(self.maps))
+                view.staged.append(target)
+            view.preparing += 1
+            try:
+                await self._fill(view, map_name, *target)
+                if target[0] is not view.rows:
+                    if view.charge is not None:
+                        view.charge.release()
+                    view.rows, view.keep, view.charge = target
+            except BaseException:
+                if target[0] is not view.rows:
+                    target[2].release()
+                view.preparing -= 1
+                self._forget_unused(map_name, fields)
+                raise
+            else:
+                view.preparing -= 1  # `subscribe` follows at once
+            finally:
+                if target in view.staged:
+                    view.staged.remove(target)
+
+    async def _fill(
+        self,
+        view: _View,
+        map_name: str,
+        rows: IndexedMap,
+        keep: frozenset[str],
+        charge: Charge,
+    ) -> None:
+        async for chunk in scan(self.maps, map_name):
+            kept = []
+            for key, value in chunk:
+                row = project(view.shown(value), keep)
+                if row is ABSENT:
+                    _put(rows, charge, key, ABSENT)
+                else:
+                    charge.change(rows.get(key), row)
+                    kept.append((key, row))
+            rows.load(kept)
+
     def subscribe(
         self,
         session: Recipient,
@@ -128,33 +258,74 @@ class LiveQueryService:
         fields: FieldFilter,
         *,
         now_ms: int,
+        hold_updates: bool = False,
     ) -> QueryResult:
         """Answer and hold `query` (replacing the session's query with the same id);
-        returns the `QUERY_RESP` page."""
+        returns the `QUERY_RESP` page (under a budget its rows hold what the view keeps:
+        `values` gives what to send). With `hold_updates`, its `QUERY_UPDATE`s wait for
+        `release` (the response is sent first)."""
         sub_id = (session, query_id)
         self.unsubscribe(session, query_id)
         view = self._view(map_name, fields)
         result = view.live.subscribe(sub_id, map_name, query, view.rows, now_ms=now_ms)
         view.queries[sub_id] = query
         self._subs[sub_id] = (map_name, fields)
+        if hold_updates:
+            self._held[sub_id] = []
         return result
+
+    async def values(
+        self, map_name: str, fields: FieldFilter, rows: Sequence[tuple[str, Any]]
+    ) -> list[tuple[str, Any]]:
+        """The rows of a page with the values `fields` shows (loaded a chunk at a time
+        under a memory budget; a row removed meanwhile is left out: its `REMOVE` follows)."""
+        view = self._views.get(map_name, {}).get(fields)
+        if view is None or view.keep is None:
+            return list(rows)
+        shown: list[tuple[str, Any]] = []
+        for start in range(0, len(rows), SCAN_CHUNK):
+            keys = [key for key, _ in rows[start : start + SCAN_CHUNK]]
+            async with self.maps.holding(map_name, keys):
+                for key in keys:
+                    value = view.shown(current_value(self.maps, map_name, key))
+                    if value is not ABSENT:
+                        shown.append((key, value))
+        return shown
+
+    def release(self, session: Recipient, query_id: str) -> None:
+        """Send the updates held back for a subscription since `subscribe` (its
+        `QUERY_RESP` is out)."""
+        for item in self._held.pop((session, query_id), ()):
+            if isinstance(item, _Later):
+                self._outbox.put_row(session, item.map_name, item.key, item.build)
+            else:
+                self._outbox.put(*item)
+        self._outbox.flush()
 
     def unsubscribe(self, session: Recipient, query_id: str) -> None:
         """End one live query; unknown ids are ignored."""
         sub_id = (session, query_id)
+        self._held.pop(sub_id, None)
         found = self._subs.pop(sub_id, None)
         if found is None:
             return
         map_name, fields = found
-        views = self._views[map_name]
-        view = views[fields]
+        view = self._views[map_name][fields]
         view.live.unsubscribe(sub_id)
         del view.queries[sub_id]
-        if not view.queries:
-            # Nobody reads through this view any more: stop maintaining it.
-            del views[fields]
-            if not views:
-                del self._views[map_name]
+        self._forget_unused(map_name, fields)
+
+    def _forget_unused(self, map_name: str, fields: FieldFilter) -> None:
+        """Nobody reads through this view any more: stop maintaining it."""
+        views = self._views.get(map_name, {})
+        view = views.get(fields)
+        if view is None or view.queries or view.preparing:
+            return
+        del views[fields]
+        if view.charge is not None:
+            view.charge.release()
+        if not views:
+            del self._views[map_name]
 
     def drop(self, session: Recipient) -> None:
         """End every live query of `session` (it disconnected)."""
@@ -176,7 +347,7 @@ class LiveQueryService:
         for (map_name, key), values in passing.items():
             views = self._views[map_name]
             matching = interest[(map_name, key)] = set()
-            value = current_value(self.maps, map_name, key)
+            value = self._current(map_name, key, values)
             ormap = self.maps.ormap(map_name) is not None
             for view in list(views.values()):
                 if ormap:
@@ -187,6 +358,14 @@ class LiveQueryService:
                     self._route(view, map_name, key, values, matching)
                 self._apply(view, map_name, key, value)
         return interest
+
+    def _current(self, map_name: str, key: str, values: list[Any]) -> Any:
+        """The value of a changed key; if it was evicted before its commit (a memory
+        budget under a burst of writes), the value its latest change carried."""
+        try:
+            return current_value(self.maps, map_name, key)
+        except ColdValueError:
+            return values[-1] if values else ABSENT
 
     def _route(
         self, view: _View, map_name: str, key: str, values: list[Any], matching: set[Recipient]
@@ -205,28 +384,50 @@ class LiveQueryService:
 
     def _apply(self, view: _View, map_name: str, key: str, value: Any) -> None:
         new = view.shown(value)
-        if new is ABSENT:
-            view.rows.delete(key)
-        else:
-            view.rows.set(key, new)
-        for (session, query_id), changes in view.live.apply(map_name, key, view.rows):
+        view.put(key, new)
+        for sub_id, changes in view.live.apply(map_name, key, view.rows):
+            session, query_id = sub_id
             if not session.is_open:
                 continue
+            held = self._held.get(sub_id)
             for change in changes:
-                message = QueryUpdate(
-                    payload=QueryUpdatePayload(
-                        query_id=query_id,
-                        key=change.key,
-                        value=change.value,
-                        type=change.type,
-                        change_type=_CHANGE_TYPE[change.type],
-                    )
-                )
-                self._outbox.append((session, self.encode(message)))
+                item: tuple[Recipient, bytes] | _Later
+                if view.keep is None or change.type == "REMOVE":
+                    item = (session, _frame(self.encode, query_id, change))
+                elif change.key == key:
+                    whole = WindowChange(change.type, key, new)
+                    item = (session, _frame(self.encode, query_id, whole))
+                else:  # a row moving up into the window: its value is read when sent
+                    item = _Later(map_name, change.key, self._later(view, query_id, change))
+                if held is not None:
+                    held.append(item)
+                elif isinstance(item, _Later):
+                    self._outbox.put_row(session, item.map_name, item.key, item.build)
+                else:
+                    self._outbox.put(*item)
+
+    def _later(self, view: _View, query_id: str, change: WindowChange) -> Build:
+        def build(value: Any) -> bytes | None:
+            shown = view.shown(value)
+            if shown is ABSENT:
+                return None  # gone meanwhile: its REMOVE follows
+            return _frame(self.encode, query_id, WindowChange(change.type, change.key, shown))
+
+        return build
 
     def flush(self) -> None:
         """Send the `QUERY_UPDATE`s of the last `changed` (after the events they follow)."""
-        outbox, self._outbox = self._outbox, []
-        for session, frame in outbox:
-            if session.is_open:
-                session.send_frame(frame, "QUERY_UPDATE")
+        self._outbox.flush()
+
+    async def settle(self) -> None:
+        """Load the rows that queued `QUERY_UPDATE`s wait for, and send them."""
+        await self._outbox.settle()
+
+
+@dataclass(frozen=True, slots=True)
+class _Later:
+    """A `QUERY_UPDATE` built from the value of (map_name, key) when it is sent."""
+
+    map_name: str
+    key: str
+    build: Build

@@ -225,6 +225,7 @@ class Server:
             stack.push_async_callback(backend.close)
             if isinstance(backend, BudgetedBackend):
                 self.maps.set_budget(backend.memory_budget)
+                self.router.settlers += [self.live.settle, self.search.settle, self.hybrid.settle]
                 hot = self.maps.hot
                 assert hot is not None
                 self.metrics.watch_tiering(

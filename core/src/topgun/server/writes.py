@@ -310,6 +310,8 @@ class WritePipeline:
         except StorageError as exc:
             logger.error("storage refused the changes of a write request: %s", exc)
             request.storage_error = exc
+        if self.router.settlers:
+            await self.router.settle()
         return request
 
     def _authorize(
