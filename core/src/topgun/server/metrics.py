@@ -141,7 +141,7 @@ class ServerMetrics:
         """Export the memory budget's gauges (only servers with one have them)."""
         for name, help_text, read in (
             ("topgun_tier_budget_bytes", "Memory budget for LWW map values.", lambda: budget_bytes),
-            ("topgun_tier_hot_bytes", "LWW map values and live views in memory (estimated bytes).", hot_bytes),
+            ("topgun_tier_hot_bytes", "LWW values and live views (estimated bytes).", hot_bytes),
             ("topgun_tier_loads", "Cold values loaded from storage since start.", loads),
             ("topgun_tier_evictions", "Values evicted from memory since start.", evictions),
         ):
