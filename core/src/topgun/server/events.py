@@ -84,9 +84,12 @@ class EventRouter:
         matching the key)."""
         self.after_delivery: list[Callable[[], None]] = []
         """Called once the events are queued (live query updates follow their events)."""
+        self.send: Callable[[Recipient, bytes, str], None] | None = None
+        """Sends the event frames instead of `Recipient.send_frame` (under a memory budget:
+        the server's `Outbox`, so that events stay in order behind updates that wait for a
+        cold row)."""
         self.settlers: list[Callable[[], Awaitable[None]]] = []
-        """Awaited by `settle`: send what `after_delivery` left waiting for cold rows
-        (under a memory budget)."""
+        """Awaited by `settle`: send what waits for cold rows (under a memory budget)."""
 
     def deliver(self, events: Sequence[EventPayload], origin: Recipient | None) -> int:
         """Send `events` (the changes of one request, in order) to their recipients.
@@ -146,6 +149,7 @@ class EventRouter:
         if not inbox:
             return 0
         timestamp = self.hlc.now()
+        send = self.send
         frames: dict[tuple[int, ...], tuple[bytes, str]] = {}
         for session, received in inbox.items():
             identity = tuple(map(id, received))
@@ -161,5 +165,8 @@ class EventRouter:
                     )
                     frame = (self.encode(message), "SERVER_BATCH_EVENT")
                 frames[identity] = frame
-            session.send_frame(*frame)
+            if send is None:
+                session.send_frame(*frame)
+            else:
+                send(session, *frame)
         return len(inbox)

@@ -283,6 +283,7 @@ class HybridQueries:
         *,
         encode: Callable[[msgspec.Struct], bytes],
         fusion: Mapping[str, Sequence[tuple[SearchProvider, float]]] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.maps = maps
         self.encode = encode
@@ -291,8 +292,10 @@ class HybridQueries:
         self._subs: dict[SubId, _Hybrid] = {}
         self._building: list[_Hybrid] = []
         """Subscriptions being built under a memory budget (fed every change meanwhile)."""
-        self._outbox = Outbox(maps, "HYBRID_QUERY_DELTA")
-        self._held: dict[SubId, list[tuple[str, str, Build] | bytes]] = {}
+        self.outbox = Outbox(maps) if outbox is None else outbox
+        """Where `flush` sends the deltas (the server's, shared with events)."""
+        self._staged: list[tuple[Recipient, tuple[str, str, Build] | bytes]] = []
+        self._held: dict[SubId, list[tuple[Recipient, tuple[str, str, Build] | bytes]]] = {}
         """Deltas of subscriptions whose response is not sent yet (`release`)."""
 
     def __len__(self) -> int:
@@ -395,12 +398,14 @@ class HybridQueries:
 
     def release(self, session: Recipient, sub_id: str) -> None:
         """Send the deltas held back for a subscription since it was answered."""
-        for item in self._held.pop((session, sub_id), ()):
+        self._send(self._held.pop((session, sub_id), ()))
+
+    def _send(self, items: Iterable[tuple[Recipient, tuple[str, str, Build] | bytes]]) -> None:
+        for session, item in items:
             if isinstance(item, bytes):
-                self._outbox.put(session, item)
+                self.outbox.put(session, item, "HYBRID_QUERY_DELTA")
             else:
-                self._outbox.put_row(session, *item)
-        self._outbox.flush()
+                self.outbox.put_row(session, "HYBRID_QUERY_DELTA", *item)
 
     def unsubscribe(self, session: Recipient, sub_id: str) -> None:
         self._held.pop((session, sub_id), None)
@@ -473,7 +478,7 @@ class HybridQueries:
                 ):
                     deltas.append(("UPDATE", key, hit))
             hybrid.window = fresh
-            held = self._held.get((session, sub_id))
+            staged = self._held.get((session, sub_id), self._staged)
             for kind, key, shown in deltas:
                 item: tuple[str, str, Build] | bytes
                 if shown is None or not budgeted:
@@ -482,12 +487,7 @@ class HybridQueries:
                     item = self._frame(sub_id, kind, key, _Hit(new_values[key], *_rank(shown)))
                 else:  # a row moving in or re-ranked without changing: read when sent
                     item = (hybrid.map_name, key, self._later(hybrid, sub_id, kind, key, shown))
-                if held is not None:
-                    held.append(item)
-                elif isinstance(item, bytes):
-                    self._outbox.put(session, item)
-                else:
-                    self._outbox.put_row(session, *item)
+                staged.append((session, item))
         return interest
 
     def _frame(self, sub_id: str, kind: ChangeType, key: str, shown: _Hit | None) -> bytes:
@@ -515,11 +515,8 @@ class HybridQueries:
 
     def flush(self) -> None:
         """Send the deltas of the last `changed` (after the events they follow)."""
-        self._outbox.flush()
-
-    async def settle(self) -> None:
-        """Load the rows that queued deltas wait for, and send them."""
-        await self._outbox.settle()
+        staged, self._staged = self._staged, []
+        self._send(staged)
 
 
 def _rank(hit: _Hit) -> tuple[float, list[str]]:

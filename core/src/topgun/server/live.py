@@ -149,6 +149,7 @@ class LiveQueryService:
         encode: Callable[[msgspec.Struct], bytes],
         indexes: Mapping[str, Sequence[IndexSpec]] | None = None,
         adaptive_after: int | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.maps = maps
         self.encode = encode
@@ -157,8 +158,10 @@ class LiveQueryService:
         self.adaptive_after = adaptive_after
         self._views: dict[str, dict[FieldFilter, _View]] = {}
         self._subs: dict[SubId, tuple[str, FieldFilter]] = {}
-        self._outbox = Outbox(maps, "QUERY_UPDATE")
-        self._held: dict[SubId, list[tuple[Recipient, bytes] | _Later]] = {}
+        self.outbox = Outbox(maps) if outbox is None else outbox
+        """Where `flush` sends the updates (the server's, shared with events)."""
+        self._staged: list[tuple[Recipient, bytes | _Later]] = []
+        self._held: dict[SubId, list[tuple[Recipient, bytes | _Later]]] = {}
         """Updates of subscriptions whose `QUERY_RESP` is not sent yet (`release`)."""
         self._building = anyio.Lock()
 
@@ -295,12 +298,7 @@ class LiveQueryService:
     def release(self, session: Recipient, query_id: str) -> None:
         """Send the updates held back for a subscription since `subscribe` (its
         `QUERY_RESP` is out)."""
-        for item in self._held.pop((session, query_id), ()):
-            if isinstance(item, _Later):
-                self._outbox.put_row(session, item.map_name, item.key, item.build)
-            else:
-                self._outbox.put(*item)
-        self._outbox.flush()
+        self._send(self._held.pop((session, query_id), ()))
 
     def unsubscribe(self, session: Recipient, query_id: str) -> None:
         """End one live query; unknown ids are ignored."""
@@ -344,7 +342,9 @@ class LiveQueryService:
             values = passing.setdefault((event.map_name, event.key), [])
             if event.record is not None and event.record.value is not None:
                 values.append(event.record.value)
+        ahead = set(passing)
         for (map_name, key), values in passing.items():
+            ahead.discard((map_name, key))
             views = self._views[map_name]
             matching = interest[(map_name, key)] = set()
             value = self._current(map_name, key, values)
@@ -356,7 +356,7 @@ class LiveQueryService:
                     matching.update(session for session, _ in view.queries)
                 else:
                     self._route(view, map_name, key, values, matching)
-                self._apply(view, map_name, key, value)
+                self._apply(view, map_name, key, value, ahead)
         return interest
 
     def _current(self, map_name: str, key: str, values: list[Any]) -> Any:
@@ -382,29 +382,30 @@ class LiveQueryService:
                 if predicate == ALWAYS or (value is not ABSENT and predicate.matches(value)):
                     matching.add(sub_id[0])
 
-    def _apply(self, view: _View, map_name: str, key: str, value: Any) -> None:
+    def _apply(
+        self, view: _View, map_name: str, key: str, value: Any, ahead: set[tuple[str, str]]
+    ) -> None:
+        """Apply the change of `key` to `value` to `view` and stage the updates it causes.
+        `ahead`: the keys whose changes the view has not applied yet."""
         new = view.shown(value)
         view.put(key, new)
         for sub_id, changes in view.live.apply(map_name, key, view.rows):
             session, query_id = sub_id
             if not session.is_open:
                 continue
-            held = self._held.get(sub_id)
+            staged = self._held.get(sub_id, self._staged)
             for change in changes:
-                item: tuple[Recipient, bytes] | _Later
+                item: bytes | _Later
                 if view.keep is None or change.type == "REMOVE":
-                    item = (session, _frame(self.encode, query_id, change))
+                    item = _frame(self.encode, query_id, change)
                 elif change.key == key:
-                    whole = WindowChange(change.type, key, new)
-                    item = (session, _frame(self.encode, query_id, whole))
-                else:  # a row moving up into the window: its value is read when sent
-                    item = _Later(map_name, change.key, self._later(view, query_id, change))
-                if held is not None:
-                    held.append(item)
-                elif isinstance(item, _Later):
-                    self._outbox.put_row(session, item.map_name, item.key, item.build)
-                else:
-                    self._outbox.put(*item)
+                    item = _frame(self.encode, query_id, WindowChange(change.type, key, new))
+                else:  # a row moving up into the window: its value is read when sent,
+                    # as the view knows it (one the view has yet to apply: from storage)
+                    stored = (map_name, change.key) in ahead
+                    build = self._later(view, query_id, change)
+                    item = _Later(map_name, change.key, build, stored)
+                staged.append((session, item))
 
     def _later(self, view: _View, query_id: str, change: WindowChange) -> Build:
         def build(value: Any) -> bytes | None:
@@ -417,11 +418,18 @@ class LiveQueryService:
 
     def flush(self) -> None:
         """Send the `QUERY_UPDATE`s of the last `changed` (after the events they follow)."""
-        self._outbox.flush()
+        staged, self._staged = self._staged, []
+        self._send(staged)
 
-    async def settle(self) -> None:
-        """Load the rows that queued `QUERY_UPDATE`s wait for, and send them."""
-        await self._outbox.settle()
+    def _send(self, items: Iterable[tuple[Recipient, bytes | _Later]]) -> None:
+        put, put_row = self.outbox.put, self.outbox.put_row
+        for session, item in items:
+            if isinstance(item, _Later):
+                put_row(
+                    session, "QUERY_UPDATE", item.map_name, item.key, item.build, stored=item.stored
+                )
+            else:
+                put(session, item, "QUERY_UPDATE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,3 +439,5 @@ class _Later:
     map_name: str
     key: str
     build: Build
+    stored: bool
+    """Whether the value is the one storage holds (a change the view has yet to apply)."""

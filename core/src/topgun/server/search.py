@@ -82,6 +82,7 @@ class SearchService:
         providers: Mapping[str, SearchProvider],
         *,
         encode: Callable[[msgspec.Struct], bytes],
+        outbox: Outbox | None = None,
     ) -> None:
         self.maps = maps
         self.options = {name: o for name, o in options.items() if o.search_fields}
@@ -107,7 +108,8 @@ class SearchService:
         self.live: LiveSearches[SubId] = LiveSearches()
         self._indexes: dict[str, SearchIndex] = {}
         self._readers: dict[SubId, FieldFilter] = {}
-        self._outbox = Outbox(maps, "SEARCH_UPDATE")
+        self.outbox = Outbox(maps) if outbox is None else outbox
+        """Where the `SEARCH_UPDATE`s go (the server's, shared with events)."""
         self._held: dict[SubId, list[tuple[str, str, Build] | bytes]] = {}
         """Updates of live searches whose `SEARCH_RESP` is not sent yet (`release`)."""
         self._building: dict[str, anyio.Event] = {}
@@ -195,11 +197,13 @@ class SearchService:
     def release(self, session: Recipient, subscription_id: str) -> None:
         """Send the updates held back for a live search since `subscribe`."""
         for item in self._held.pop((session, subscription_id), ()):
-            if isinstance(item, bytes):
-                self._outbox.put(session, item)
-            else:
-                self._outbox.put_row(session, *item)
-        self._outbox.flush()
+            self._send(session, item)
+
+    def _send(self, session: Recipient, item: tuple[str, str, Build] | bytes) -> None:
+        if isinstance(item, bytes):
+            self.outbox.put(session, item, "SEARCH_UPDATE")
+        else:
+            self.outbox.put_row(session, "SEARCH_UPDATE", *item)
 
     def unsubscribe(self, session: Recipient, subscription_id: str) -> None:
         """Stop a live search; unknown ids are ignored."""
@@ -257,11 +261,8 @@ class SearchService:
                         continue
                     if held is not None:
                         held.append(item)
-                    elif isinstance(item, bytes):
-                        self._outbox.put(session, item)
                     else:
-                        self._outbox.put_row(session, *item)
-        self._outbox.flush()
+                        self._send(session, item)
 
     def _frame(
         self, subscription_id: str, change: SearchChange, current: Any, fields: FieldFilter
@@ -291,10 +292,6 @@ class SearchService:
             return self._frame(subscription_id, change, current, fields)
 
         return build
-
-    async def settle(self) -> None:
-        """Load the documents that queued `SEARCH_UPDATE`s wait for, and send them."""
-        await self._outbox.settle()
 
 
 def scored_rows(

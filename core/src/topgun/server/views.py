@@ -17,18 +17,23 @@ what re-evaluating rows needs and read values through the registry when they sen
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
+from topgun.crdt import LWWRecord
 from topgun.query import ABSENT
 from topgun.query.predicates import And, Not, Or, Predicate
 from topgun.server.events import Recipient
 from topgun.server.maps import MapRegistry
-from topgun.storage import value_size
+from topgun.storage import LWWSnapshot, StorageBackend, StorageError, value_size
 
-SCAN_CHUNK: Final = 500
-"""Keys a `scan` holds at once."""
+logger = logging.getLogger(__name__)
+
+SCAN_CHUNK: Final = 128
+"""Keys a `scan` (and a page being loaded) holds at once: what a view adds to the budget
+while it is built is at most this many values."""
 
 
 def live_keys(maps: MapRegistry, map_name: str) -> list[str]:
@@ -137,54 +142,136 @@ Build = Callable[[Any], bytes | None]
 """Encodes a message around a row's current value (`ABSENT` if gone); None: send nothing."""
 
 
+_Row = tuple[str, str, Build, Any]
+"""A frame waiting for a row: (map, key, build, the row's timestamp when it was computed)."""
+
+
 class Outbox:
-    """Frames for sessions, sent in the order they were queued; a frame built around a
-    row's value is built when sent, once that value is in memory."""
+    """Frames for sessions, sent in the order they are put. A frame built around a row's
+    value is built once the row is in memory: while it waits for `settle` to load it, so
+    does every frame put after it (events included, under a budget), so each session gets
+    its messages in the order the server computed them. With nothing waiting, a frame is
+    sent at once.
 
-    __slots__ = ("_frame_type", "_maps", "_queue")
+    A row changed between the computation and the send is sent as it was computed: `settle`
+    reads that version from storage, which still holds it while the request that changed
+    the row is not persisted yet (`WritePipeline` settles before persisting)."""
 
-    def __init__(self, maps: MapRegistry, frame_type: str) -> None:
+    __slots__ = ("_maps", "_queue", "_stale", "backend")
+
+    def __init__(self, maps: MapRegistry) -> None:
         self._maps = maps
-        self._frame_type = frame_type
-        self._queue: deque[tuple[Recipient, bytes | tuple[str, str, Build]]] = deque()
+        self._queue: deque[tuple[Recipient, str, bytes | _Row]] = deque()
+        self._stale: dict[tuple[str, str, Any], Any] = {}
+        self.backend: StorageBackend | None = None
+        """Where `settle` reads rows changed since their frame was computed."""
 
     def __len__(self) -> int:
         return len(self._queue)
 
-    def put(self, session: Recipient, frame: bytes) -> None:
-        """Queue a finished frame."""
-        self._queue.append((session, frame))
+    def put(self, session: Recipient, frame: bytes, frame_type: str) -> None:
+        """Send a finished frame (after the frames waiting, if any)."""
+        if self._queue:
+            self._queue.append((session, frame_type, frame))
+        elif session.is_open:
+            session.send_frame(frame, frame_type)
 
-    def put_row(self, session: Recipient, map_name: str, key: str, build: Build) -> None:
-        """Queue the frame `build` makes from the value of (map_name, key) when sent."""
-        self._queue.append((session, (map_name, key, build)))
+    def put_row(
+        self,
+        session: Recipient,
+        frame_type: str,
+        map_name: str,
+        key: str,
+        build: Build,
+        *,
+        stored: bool = False,
+    ) -> None:
+        """Send the frame `build` makes from the current value of (map_name, key), once it
+        is in memory; with `stored`, from the version storage holds (the row as it was
+        before the changes being delivered, which are not persisted yet)."""
+        maps = self._maps
+        if stored:
+            self._queue.append((session, frame_type, (map_name, key, build, _STORED)))
+            return
+        if not self._queue and not is_cold(maps, map_name, key):
+            if session.is_open:
+                frame = build(current_value(maps, map_name, key))
+                if frame is not None:
+                    session.send_frame(frame, frame_type)
+            return
+        lww = maps.lww(map_name)
+        record = None if lww is None else lww.get_record(key)
+        stamp = None if record is None else record.timestamp
+        self._queue.append((session, frame_type, (map_name, key, build, stamp)))
+
+    def _value(self, row: _Row) -> Any:
+        """The value a waiting frame is built with; `_WAIT` while it must be loaded."""
+        map_name, key, _, stamp = row
+        lww = self._maps.lww(map_name)
+        if lww is None:
+            return current_value(self._maps, map_name, key)
+        record = lww.get_record(key)
+        if stamp is not _STORED and record is not None and record.timestamp == stamp:
+            return _WAIT if lww.is_cold(key) else current_value(self._maps, map_name, key)
+        return self._stale.pop((map_name, key, stamp), _WAIT)
 
     def flush(self) -> None:
-        """Send what is queued, up to the first frame whose row is cold (`settle` loads it)."""
-        queue, maps = self._queue, self._maps
+        """Send what waits, up to the first frame whose row must be loaded (`settle`)."""
+        queue = self._queue
         while queue:
-            session, item = queue[0]
+            session, frame_type, item = queue[0]
+            frame: bytes | None
             if isinstance(item, tuple):
-                map_name, key, build = item
-                if is_cold(maps, map_name, key):
+                value = self._value(item)
+                if value is _WAIT:
                     return
-                frame = build(current_value(maps, map_name, key)) if session.is_open else None
+                frame = item[2](value) if session.is_open else None
             else:
                 frame = item
             queue.popleft()
             if frame is not None and session.is_open:
-                session.send_frame(frame, self._frame_type)
+                session.send_frame(frame, frame_type)
 
     async def settle(self) -> None:
-        """Load the rows the queued frames wait for, and send them all."""
+        """Load the rows the waiting frames need, and send them all."""
         while self._queue:
             self.flush()
-            waiting: dict[str, dict[str, None]] = {}
-            for _, item in self._queue:
+            cold: dict[str, dict[str, None]] = {}
+            stale: dict[str, dict[str, Any]] = {}
+            for _, _, item in self._queue:
                 if isinstance(item, tuple):
-                    waiting.setdefault(item[0], {})[item[1]] = None
-            if not waiting:
-                return
-            for map_name, keys in waiting.items():
-                async with self._maps.holding(map_name, keys):
-                    self.flush()
+                    map_name, key, _, stamp = item
+                    lww = self._maps.lww(map_name)
+                    record = None if lww is None else lww.get_record(key)
+                    if stamp is not _STORED and record is not None and record.timestamp == stamp:
+                        cold.setdefault(map_name, {})[key] = None
+                    else:
+                        stale.setdefault(map_name, {})[key] = stamp
+            try:
+                for map_name, stamps in stale.items():
+                    await self._read_stale(map_name, stamps)
+                for map_name, keys in cold.items():
+                    async with self._maps.holding(map_name, keys):
+                        self.flush()
+            except StorageError as exc:  # never wedge the queue behind a lost row
+                logger.error("an update waiting for a row was dropped: %s", exc)
+                self._queue.popleft()
+
+    async def _read_stale(self, map_name: str, stamps: dict[str, Any]) -> None:
+        """Read from storage the versions that waiting frames were computed with; a
+        version storage no longer holds reads as gone (the frame is not sent)."""
+        records: dict[str, LWWRecord] = {}
+        if self.backend is not None:
+            snapshot = await self.backend.load_keys(map_name, list(stamps))
+            if isinstance(snapshot, LWWSnapshot):
+                records = snapshot.records
+        for key, stamp in stamps.items():
+            record = records.get(key)
+            value = ABSENT
+            if record is not None and (stamp is _STORED or record.timestamp == stamp):
+                value = ABSENT if record.value is None else record.value
+            self._stale[(map_name, key, stamp)] = value
+
+
+_WAIT: Final[Any] = object()
+_STORED: Final[Any] = object()

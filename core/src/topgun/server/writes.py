@@ -305,13 +305,14 @@ class WritePipeline:
                 state.fail(failure.reason, failure.code)
         request.events = combined.events
         self.router.deliver(combined.events, origin)
+        if self.router.settlers:
+            # Updates waiting for rows these changes replaced read them from storage first.
+            await self.router.settle()
         try:
             request.commit = await self.maps.persist(combined)
         except StorageError as exc:
             logger.error("storage refused the changes of a write request: %s", exc)
             request.storage_error = exc
-        if self.router.settlers:
-            await self.router.settle()
         return request
 
     def _authorize(

@@ -1,0 +1,234 @@
+"""Live queries, live searches and hybrid queries over a map 5x the memory budget, through
+the protocol: every response, update and event is the same as on a server without a
+budget, and the bytes the budget counts (values and what the views keep) peak within the
+budget plus a bounded margin."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from topgun.crdt import LWWRecord, Timestamp
+from topgun.protocol import (
+    ClientOp,
+    HybridQueryResp,
+    HybridQuerySubscribe,
+    HybridQuerySubscribePayload,
+    OpAck,
+    OpBatch,
+    OpBatchPayload,
+    Ping,
+    Pong,
+    PredicateNode,
+    Query,
+    QueryResp,
+    QuerySub,
+    QuerySubPayload,
+    SearchOptions,
+    SearchResp,
+    SearchSub,
+    SearchSubPayload,
+    ServerBatchEvent,
+    ServerEvent,
+)
+from topgun.server import InMemoryClient, Server
+from topgun.server.config import MapOptions
+from topgun.server.hotset import HotSet
+from topgun.server.views import SCAN_CHUNK
+from topgun.storage import value_size
+
+pytestmark = pytest.mark.anyio
+
+KEYS = 1500
+MAPS = {"docs": MapOptions(search_fields=("title",))}
+
+
+def doc(i: int, *, group: int | None = None, title: str | None = None) -> dict[str, Any]:
+    """~3.9 KB in memory: small fields the views read, a large body they never read."""
+    words = f"{'alpha' if i % 5 == 0 else 'gamma'} {'beta' if i % 3 == 0 else 'delta'} {i}"
+    return {
+        "n": i,
+        "group": i % 7 if group is None else group,
+        "title": words if title is None else title,
+        "body": f"doc {i} " + "lorem ipsum dolor " * 200,
+    }
+
+
+class Writer:
+    """Writes through the protocol with deterministic timestamps."""
+
+    def __init__(self, client: InMemoryClient, millis: int) -> None:
+        self.client = client
+        self.millis = millis
+
+    async def write(self, changes: Sequence[tuple[int, dict[str, Any] | None]]) -> None:
+        ops = []
+        for i, value in changes:
+            self.millis += 1
+            record = LWWRecord(value, Timestamp(self.millis, 0, "writer"))
+            ops.append(ClientOp(map_name="docs", key=f"k{i:05}", record=record))
+        await self.client.send(OpBatch(payload=OpBatchPayload(ops=ops, write_concern="PERSISTED")))
+        ack, _ = await self.client.receive_until(OpAck, timeout=30)
+        assert ack.payload.achieved_level == "PERSISTED"
+
+
+def plain(message: Any) -> Any:
+    """A message as comparable builtins, without the server's clock readings (an event's
+    top-level timestamp, the time a cursor was issued)."""
+    if isinstance(message, ServerEvent | ServerBatchEvent):
+        return (type(message).__name__, msgspec.to_builtins(message.payload))
+    if isinstance(message, QueryResp) and message.payload.next_cursor is not None:
+        cursor = json.loads(base64.urlsafe_b64decode(message.payload.next_cursor + "=="))
+        del cursor["timestamp"]
+        payload = msgspec.structs.replace(message.payload, next_cursor=json.dumps(cursor))
+        message = msgspec.structs.replace(message, payload=payload)
+    return (type(message).__name__, msgspec.to_builtins(message))
+
+
+async def heard(watcher: InMemoryClient) -> list[Any]:
+    """Everything the watcher received up to now."""
+    await watcher.send(Ping(timestamp=0))
+    _, before = await watcher.receive_until(Pong, timeout=30)
+    watcher.raw_frames.clear()
+    return [plain(m) for m in before]
+
+
+def steps() -> list[list[tuple[int, dict[str, Any] | None]]]:
+    """Changes that move rows in and out of every window, so that rows which are cold
+    under the budget move up into limited windows."""
+    top3 = [i for i in range(KEYS - 1, 0, -1) if i % 7 == 3]
+    return [
+        [(i, None) for i in top3[:6]],  # leave the top of q-where: cold rows move up
+        [(i, doc(i, group=4)) for i in top3[6:10]] + [(KEYS - 2, doc(KEYS - 2, group=3))],
+        [(KEYS + j, doc(KEYS + j, group=3)) for j in range(5)],  # new rows enter at the top
+        [(0, doc(0, title="gamma delta")), (5, doc(5, title="alpha alpha alpha"))],  # re-rank
+        [(7, doc(7, title="gamma beta", group=2)), (9, doc(9, group=2))],  # hybrid moves
+        [(i, None) for i in range(0, 60, 5)],  # alpha docs leave: cold ones enter the search
+        [(1, doc(1, group=3)), (2, None), (KEYS - 3, doc(KEYS - 3, title="alpha beta"))],
+    ]
+
+
+async def transcript(server: Server, writer: Writer, watcher: InMemoryClient) -> list[Any]:
+    """Subscribe the watcher (query, search, hybrid), then apply `steps`: what it heard."""
+    heard_all: list[Any] = []
+    queries = {
+        "q-where": Query(where={"group": 3}, sort={"n": "desc"}, limit=20),
+        "q-range": Query(predicate=PredicateNode(op="gte", attribute="n", value=KEYS - 40)),
+        "q-first": Query(sort={"n": "asc"}, limit=10),
+    }
+    for query_id, query in queries.items():
+        await watcher.send(
+            QuerySub(payload=QuerySubPayload(query_id=query_id, map_name="docs", query=query))
+        )
+        response, _ = await watcher.receive_until(QueryResp, timeout=30)
+        heard_all.append(plain(response))
+    await watcher.send(
+        SearchSub(
+            payload=SearchSubPayload(
+                subscription_id="s-alpha",
+                map_name="docs",
+                query="alpha",
+                options=SearchOptions(limit=15),
+            )
+        )
+    )
+    heard_all.append(plain((await watcher.receive_until(SearchResp, timeout=30))[0]))
+    beta_in_two = PredicateNode(
+        op="and",
+        children=[
+            PredicateNode(op="match", attribute="title", query="beta"),
+            PredicateNode(op="eq", attribute="group", value=2),
+        ],
+    )
+    await watcher.send(
+        HybridQuerySubscribe(
+            payload=HybridQuerySubscribePayload(
+                subscription_id="h-beta",
+                map_name="docs",
+                predicate=beta_in_two,
+                sort={"_score": "desc", "n": "asc"},
+                limit=12,
+            )
+        )
+    )
+    heard_all.append(plain((await watcher.receive_until(HybridQueryResp, timeout=30))[0]))
+    for step in steps():
+        await writer.write(step)
+        heard_all.append(await heard(watcher))
+    return heard_all
+
+
+def kinds(heard_all: list[Any]) -> set[str]:
+    found: set[str] = set()
+    for item in heard_all:
+        for name, _ in item if isinstance(item, list) else [item]:
+            found.add(name)
+    return found
+
+
+async def test_views_over_a_map_five_times_the_budget_answer_as_without_one(
+    tmp_path: Path, kit: Any
+) -> None:
+    rows = [doc(i) for i in range(KEYS)]
+    budget = sum(value_size(row) for row in rows) // 5
+    fill = [(i, rows[i]) for i in range(KEYS)]
+
+    async with kit.running(
+        msgspec.structs.replace(kit.plain_config(tmp_path / "p"), maps=MAPS)
+    ) as p:
+        writer = Writer(await p.login(), kit.T)
+        for start in range(0, KEYS, 50):
+            await writer.write(fill[start : start + 50])
+        reference = await transcript(p.server, writer, await p.login())
+    assert {"QueryUpdate", "SearchUpdate", "HybridQueryDelta", "ServerBatchEvent"} <= kinds(
+        reference
+    )
+
+    config = msgspec.structs.replace(kit.tiered_config(tmp_path / "t", budget=budget), maps=MAPS)
+    async with kit.running(config) as t:
+        hot = t.server.maps.hot
+        assert hot is not None
+        writer = Writer(await t.login(), kit.T)
+        for start in range(0, KEYS, 50):
+            await writer.write(fill[start : start + 50])
+        lww = t.server.maps.lww("docs")
+        assert lww is not None
+        assert len(lww.cold_keys()) > KEYS * 3 // 4
+
+        peak = {"used": hot.used, "views": 0}
+        note, charge = HotSet.note, HotSet.charge
+
+        def noted(self: HotSet, *args: Any) -> None:
+            note(self, *args)
+            peak["used"] = max(peak["used"], self.used)
+
+        def charged(self: HotSet, delta: int) -> None:
+            charge(self, delta)
+            peak["used"] = max(peak["used"], self.used)
+            peak["views"] = max(peak["views"], self.views)
+
+        loads = hot.loads
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(HotSet, "note", noted)
+            patch.setattr(HotSet, "charge", charged)
+            assert await transcript(t.server, writer, await t.login()) == reference
+
+        assert hot.loads > loads  # cold rows were read to send them
+        largest = max(value_size(row) for row in rows)
+        margin = peak["used"] - budget
+        print(
+            f"\nbudget {budget:,} B; peak counted {peak['used']:,} B "
+            f"({peak['used'] / budget:.2f}x, margin {margin:,} B = "
+            f"{margin / largest:.1f} largest values); views keep {hot.views:,} B "
+            f"(peak {peak['views']:,} B); map {sum(value_size(r) for r in rows):,} B"
+        )
+        # Values and views together: within the budget plus one chunk of values being
+        # loaded or written (a scan chunk, a write batch of 50).
+        assert 0 < hot.views < budget
+        assert peak["used"] <= budget + SCAN_CHUNK * largest
