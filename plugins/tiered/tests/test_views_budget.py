@@ -109,6 +109,8 @@ def steps() -> list[list[tuple[int, dict[str, Any] | None]]]:
         [(KEYS + j, doc(KEYS + j, group=3)) for j in range(5)],  # new rows enter at the top
         [(0, doc(0, title="gamma delta")), (5, doc(5, title="alpha alpha alpha"))],  # re-rank
         [(7, doc(7, title="gamma beta", group=2)), (9, doc(9, group=2))],  # hybrid moves
+        # Only the body changes (no view reads it): UPDATEs with the new value.
+        [(30, {**doc(30), "body": "short"}), (3, {**doc(3), "body": "short"})],
         [(i, None) for i in range(0, 60, 5)],  # alpha docs leave: cold ones enter the search
         [(1, doc(1, group=3)), (2, None), (KEYS - 3, doc(KEYS - 3, title="alpha beta"))],
     ]
@@ -121,6 +123,12 @@ async def transcript(server: Server, writer: Writer, watcher: InMemoryClient) ->
         "q-where": Query(where={"group": 3}, sort={"n": "desc"}, limit=20),
         "q-range": Query(predicate=PredicateNode(op="gte", attribute="n", value=KEYS - 40)),
         "q-first": Query(sort={"n": "asc"}, limit=10),
+        # Reads the title too: the view widens what it keeps of every row.
+        "q-title": Query(
+            predicate=PredicateNode(op="contains", attribute="title", value="alpha"),
+            sort={"group": "desc"},
+            limit=8,
+        ),
     }
     for query_id, query in queries.items():
         await watcher.send(
@@ -189,6 +197,16 @@ async def test_views_over_a_map_five_times_the_budget_answer_as_without_one(
     assert {"QueryUpdate", "SearchUpdate", "HybridQueryDelta", "ServerBatchEvent"} <= kinds(
         reference
     )
+    titled = reference[3][1]["payload"]["results"]  # q-title
+    assert titled
+    assert all("alpha" in row["value"]["title"] for row in titled)
+    body_only = {
+        (kind, m["payload"]["key"], m["payload"]["type"])
+        for kind, m in reference[11]
+        if kind in ("QueryUpdate", "HybridQueryDelta")
+    }
+    assert ("QueryUpdate", "k00003", "UPDATE") in body_only
+    assert ("HybridQueryDelta", "k00030", "UPDATE") in body_only
 
     config = msgspec.structs.replace(kit.tiered_config(tmp_path / "t", budget=budget), maps=MAPS)
     async with kit.running(config) as t:

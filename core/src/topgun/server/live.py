@@ -95,8 +95,6 @@ class _View:
     """What `rows` keep, counted in the memory budget."""
     live: LiveQueries[SubId] = field(default_factory=LiveQueries)
     queries: dict[SubId, CompiledQuery] = field(default_factory=dict)
-    staged: list[tuple[IndexedMap, frozenset[str], Charge]] = field(default_factory=list)
-    """Rows being rebuilt to keep more attributes, kept in step with changes meanwhile."""
     preparing: int = 0
     """Subscriptions being prepared through this view: it stays while there are any."""
 
@@ -109,8 +107,6 @@ class _View:
     def put(self, key: str, shown: Any) -> None:
         """`key` now shows `shown` (`ABSENT`: not at all) to this view's subscribers."""
         _put(self.rows, self.charge, key, _kept(shown, self.keep))
-        for rows, keep, charge in self.staged:
-            _put(rows, charge, key, _kept(shown, keep))
 
 
 def _kept(shown: Any, keep: frozenset[str] | None) -> Any:
@@ -199,56 +195,43 @@ class LiveQueryService:
         need = self._needs(map_name, query)
         async with self._building:
             view = self._views.get(map_name, {}).get(fields)
-            if view is not None and view.keep is not None and need <= view.keep:
+            if view is not None and (view.keep is None or need <= view.keep):
                 return
+            before: frozenset[str] | None = None
             if view is None:
-                specs = self.indexes.get(map_name, ())
-                rows = IndexedMap(specs, adaptive_after=self.adaptive_after)
-                charge = Charge(self.maps)
-                view = _View(fields, rows, need, charge)
+                rows = IndexedMap(
+                    self.indexes.get(map_name, ()), adaptive_after=self.adaptive_after
+                )
+                view = _View(fields, rows, need, Charge(self.maps))
                 self._views.setdefault(map_name, {})[fields] = view
-                target: tuple[IndexedMap, frozenset[str], Charge] = (rows, need, charge)
             else:
-                keep = need | (view.keep or frozenset())
-                specs = list(view.rows.indexes)
-                rows = IndexedMap(specs, adaptive_after=self.adaptive_after)
-                target = (rows, keep, Charge(self.maps))
-                view.staged.append(target)
+                # Widened in place: the queries already on the view read only attributes
+                # every row keeps all along; changes meanwhile are kept widened.
+                before = view.keep or frozenset()  # (not None: returned above)
+                view.keep = before | need
             view.preparing += 1
             try:
-                await self._fill(view, map_name, *target)
-                if target[0] is not view.rows:
-                    if view.charge is not None:
-                        view.charge.release()
-                    view.rows, view.keep, view.charge = target
+                await self._fill(view, map_name)
             except BaseException:
-                if target[0] is not view.rows:
-                    target[2].release()
+                if before is not None:
+                    view.keep = before
                 view.preparing -= 1
                 self._forget_unused(map_name, fields)
                 raise
-            else:
-                view.preparing -= 1  # `subscribe` follows at once
-            finally:
-                if target in view.staged:
-                    view.staged.remove(target)
+            view.preparing -= 1  # `subscribe` follows at once
 
-    async def _fill(
-        self,
-        view: _View,
-        map_name: str,
-        rows: IndexedMap,
-        keep: frozenset[str],
-        charge: Charge,
-    ) -> None:
+    async def _fill(self, view: _View, map_name: str) -> None:
+        """Keep what `view.keep` says of every row, reading the map a chunk at a time."""
+        rows, keep, charge = view.rows, view.keep, view.charge
         async for chunk in scan(self.maps, map_name):
             kept = []
             for key, value in chunk:
-                row = project(view.shown(value), keep)
-                if row is ABSENT:
-                    _put(rows, charge, key, ABSENT)
-                else:
+                row = _kept(view.shown(value), keep)
+                if charge is not None:
                     charge.change(rows.get(key), row)
+                if row is ABSENT:
+                    rows.delete(key)
+                else:
                     kept.append((key, row))
             rows.load(kept)
 
