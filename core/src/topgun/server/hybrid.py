@@ -67,13 +67,13 @@ from topgun.server.maps import MapRegistry
 from topgun.server.permissions import WITHHELD, FieldFilter
 from topgun.server.subscriptions import Subscription
 from topgun.server.views import (
-    SCAN_CHUNK,
     Build,
     Charge,
     Outbox,
     predicate_fields,
     project,
     scan,
+    shown_rows,
 )
 
 if TYPE_CHECKING:
@@ -386,15 +386,9 @@ class HybridQueries:
             self._building.remove(hybrid)
         window, cut = self._start(session, sub_id, hybrid, self._rows(hybrid))
         self._held[(session, sub_id)] = []
-        whole: list[tuple[str, _Hit]] = []
-        for start in range(0, len(window), SCAN_CHUNK):
-            part = window[start : start + SCAN_CHUNK]
-            async with self.maps.holding(map_name, [key for key, _ in part]):
-                for key, hit in part:
-                    value = hybrid.shown(current_value(self.maps, map_name, key))
-                    if value is not ABSENT:  # gone meanwhile: its LEAVE follows
-                        whole.append((key, _Hit(value, hit.score, hit.terms)))
-        return whole, cut
+        hits = dict(window)  # a row gone meanwhile is left out: its LEAVE follows
+        shown = await shown_rows(self.maps, map_name, fields, list(hits))
+        return [(key, _Hit(value, *_rank(hits[key]))) for key, value in shown], cut
 
     def release(self, session: Recipient, sub_id: str) -> None:
         """Send the deltas held back for a subscription since it was answered."""

@@ -44,19 +44,18 @@ from topgun.query import (
     WindowChange,
 )
 from topgun.query.predicates import ALWAYS
-from topgun.query.sort import KEY_FIELD
 from topgun.server.events import Recipient
 from topgun.server.maps import MapRegistry
 from topgun.server.permissions import WITHHELD, FieldFilter
 from topgun.server.views import (
-    SCAN_CHUNK,
     Build,
     Charge,
     Outbox,
     current_value,
-    predicate_fields,
     project,
+    query_fields,
     scan,
+    shown_rows,
 )
 
 __all__ = ["Interest", "LiveQueryService", "SubId", "current_value", "live_items"]
@@ -180,8 +179,7 @@ class LiveQueryService:
 
     def _needs(self, map_name: str, query: CompiledQuery) -> frozenset[str]:
         """The attributes a view must keep to run `query` and its indexes."""
-        names = predicate_fields(query.predicate)
-        names.update(f.field for f in query.sort.fields if f.field != KEY_FIELD)
+        names = query_fields(query)
         for spec in self.indexes.get(map_name, ()):
             names.update(spec.fields)
         return frozenset(names)
@@ -268,15 +266,7 @@ class LiveQueryService:
         view = self._views.get(map_name, {}).get(fields)
         if view is None or view.keep is None:
             return list(rows)
-        shown: list[tuple[str, Any]] = []
-        for start in range(0, len(rows), SCAN_CHUNK):
-            keys = [key for key, _ in rows[start : start + SCAN_CHUNK]]
-            async with self.maps.holding(map_name, keys):
-                for key in keys:
-                    value = view.shown(current_value(self.maps, map_name, key))
-                    if value is not ABSENT:
-                        shown.append((key, value))
-        return shown
+        return await shown_rows(self.maps, map_name, fields, [key for key, _ in rows])
 
     def release(self, session: Recipient, query_id: str) -> None:
         """Send the updates held back for a subscription since `subscribe` (its

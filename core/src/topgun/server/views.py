@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Final
 
 from topgun.crdt import LWWRecord
-from topgun.query import ABSENT
+from topgun.query import ABSENT, CompiledQuery
 from topgun.query.predicates import And, Not, Or, Predicate
+from topgun.query.sort import KEY_FIELD
 from topgun.server.events import Recipient
 from topgun.server.maps import MapRegistry
+from topgun.server.permissions import WITHHELD, FieldFilter
 from topgun.storage import LWWSnapshot, StorageBackend, StorageError, value_size
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,46 @@ async def scan(
             yield [(key, value) for key, value in rows if value is not ABSENT]
 
 
+async def matching_rows(
+    maps: MapRegistry, map_name: str, query: CompiledQuery, fields: FieldFilter
+) -> list[tuple[str, Any]]:
+    """The rows of `map_name` that `query` matches as `fields` shows them, cut to what the
+    query reads (`run_query` over them answers as over the whole rows), a chunk at a time."""
+    keep = query_fields(query)
+    matches = query.predicate.matches
+    rows: list[tuple[str, Any]] = []
+    async for chunk in scan(maps, map_name):
+        for key, value in chunk:
+            shown = fields.apply(value)
+            if shown is not WITHHELD and matches(shown):
+                rows.append((key, project(shown, keep)))
+    return rows
+
+
+async def shown_rows(
+    maps: MapRegistry, map_name: str, fields: FieldFilter, keys: Sequence[str]
+) -> list[tuple[str, Any]]:
+    """The current values of `keys` as `fields` shows them, loaded a chunk at a time (a
+    key gone meanwhile, or withheld, is left out)."""
+    shown: list[tuple[str, Any]] = []
+    for start in range(0, len(keys), SCAN_CHUNK):
+        part = keys[start : start + SCAN_CHUNK]
+        async with maps.holding(map_name, part):
+            for key in part:
+                value = current_value(maps, map_name, key)
+                visible = WITHHELD if value is ABSENT else fields.apply(value)
+                if visible is not WITHHELD:
+                    shown.append((key, visible))
+    return shown
+
+
+def query_fields(query: CompiledQuery) -> set[str]:
+    """Every attribute `query` reads: its predicate's and its sort's."""
+    names = predicate_fields(query.predicate)
+    names.update(f.field for f in query.sort.fields if f.field != KEY_FIELD)
+    return names
+
+
 def predicate_fields(predicate: Predicate) -> set[str]:
     """Every attribute `predicate` reads."""
     if isinstance(predicate, And | Or):
@@ -99,7 +141,7 @@ def predicate_fields(predicate: Predicate) -> set[str]:
     return {name} if isinstance(name, str) else set()
 
 
-def project(value: Any, fields: frozenset[str]) -> Any:
+def project(value: Any, fields: Iterable[str]) -> Any:
     """`value` with only the top-level attributes in `fields`: what a predicate or sort on
     those attributes sees of it. `None` when that is nothing (a value that is not a map has
     no attributes): attribute lookups find nothing in it either."""
