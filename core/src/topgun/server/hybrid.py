@@ -351,8 +351,6 @@ class HybridQueries:
         hybrid.window = dict(window)
         self.unsubscribe(session, sub_id)
         self._subs[(session, sub_id)] = hybrid
-        if hybrid.keep is None:
-            self.maps.pin_map(hybrid.map_name)  # every change re-ranks every row
         return window, cut
 
     async def subscribe_budgeted(
@@ -404,11 +402,8 @@ class HybridQueries:
     def unsubscribe(self, session: Recipient, sub_id: str) -> None:
         self._held.pop((session, sub_id), None)
         found = self._subs.pop((session, sub_id), None)
-        if found is not None:
-            if found.charge is not None:
-                found.charge.release()
-            if found.keep is None:
-                self.maps.unpin_map(found.map_name)
+        if found is not None and found.charge is not None:
+            found.charge.release()
 
     def drop(self, session: Recipient) -> None:
         for sub_id in [s for s in self._subs if s[0] is session]:
