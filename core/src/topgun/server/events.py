@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from typing import Protocol
 
+import anyio
 import msgspec
 
 from topgun.crdt import HLC
@@ -113,9 +114,11 @@ class EventRouter:
                 after()
 
     async def settle(self) -> None:
-        """Finish the last deliveries: updates that wait for a row's value to be loaded."""
-        for settler in self.settlers:
-            await settler()
+        """Finish the last deliveries: updates that wait for a row's value to be loaded
+        (shielded: frames for other sessions wait behind them)."""
+        with anyio.CancelScope(shield=True):
+            for settler in self.settlers:
+                await settler()
 
     def _route(
         self, events: Sequence[EventPayload], origin: Recipient | None, interest: Interest | None

@@ -385,7 +385,11 @@ class HybridQueries:
         window, cut = self._start(session, sub_id, hybrid, self._rows(hybrid))
         self._held[(session, sub_id)] = []
         hits = dict(window)  # a row gone meanwhile is left out: its LEAVE follows
-        shown = await shown_rows(self.maps, map_name, fields, list(hits))
+        try:
+            shown = await shown_rows(self.maps, map_name, fields, list(hits))
+        except BaseException:
+            self.unsubscribe(session, sub_id)  # nothing answered: nothing held
+            raise
         return [(key, _Hit(value, *_rank(hits[key]))) for key, value in shown], cut
 
     def release(self, session: Recipient, sub_id: str) -> None:

@@ -54,7 +54,11 @@ async def query_sub(session: Session, message: QuerySub) -> None:
             now_ms=server.clock(),
             hold_updates=True,
         )
-        rows = await live.values(request.map_name, fields, page.rows)
+        try:
+            rows = await live.values(request.map_name, fields, page.rows)
+        except BaseException:
+            live.unsubscribe(session, request.query_id)  # nothing answered: nothing held
+            raise
     else:
         async with server.maps.holding(request.map_name):  # an archived map comes back
             page = live.subscribe(

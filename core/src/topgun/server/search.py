@@ -401,15 +401,19 @@ async def search_sub(session: Session, message: SearchSub) -> None:
     except SearchError as bad:
         session.send(_failed(request.subscription_id, str(bad)))
         return
-    async with server.maps.holding(request.map_name, [hit.key for hit in result.hits]):
-        session.send(
-            _response(
-                request.subscription_id,
-                result,
-                fields,
-                lambda key: current_value(server.maps, request.map_name, key),
+    try:
+        async with server.maps.holding(request.map_name, [hit.key for hit in result.hits]):
+            session.send(
+                _response(
+                    request.subscription_id,
+                    result,
+                    fields,
+                    lambda key: current_value(server.maps, request.map_name, key),
+                )
             )
-        )
+    except BaseException:
+        server.search.unsubscribe(session, request.subscription_id)  # nothing held
+        raise
     server.search.release(session, request.subscription_id)
 
 
