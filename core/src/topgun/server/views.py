@@ -18,6 +18,7 @@ what re-evaluating rows needs and read values through the registry when they sen
 from __future__ import annotations
 
 import logging
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Final
@@ -176,8 +177,14 @@ class Charge:
             self.bytes = 0
 
 
-def _size(value: Any) -> int:
-    return 0 if value is ABSENT or value is None else value_size(value)
+def _size(row: Any) -> int:
+    """The estimated bytes of a kept row: its map and the values in it (the attribute
+    names are the query's own strings, shared by every row)."""
+    if row is ABSENT or row is None:
+        return 0
+    if isinstance(row, dict):
+        return sys.getsizeof(row) + sum(value_size(value) for value in row.values())
+    return value_size(row)
 
 
 Build = Callable[[Any], bytes | None]
