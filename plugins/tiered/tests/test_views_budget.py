@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -30,6 +32,7 @@ from topgun.protocol import (
     QueryResp,
     QuerySub,
     QuerySubPayload,
+    QueryUpdate,
     SearchOptions,
     SearchResp,
     SearchSub,
@@ -250,3 +253,71 @@ async def test_views_over_a_map_five_times_the_budget_answer_as_without_one(
         # loaded or written (a scan chunk, a write batch of 50).
         assert 0 < hot.views < budget
         assert peak["used"] <= budget + SCAN_CHUNK * largest
+
+
+async def test_windows_stay_exact_under_concurrent_writers(tmp_path: Path, kit: Any) -> None:
+    """Writers racing each other (their requests interleave while cold rows load): a
+    watcher's windows, kept from its responses and updates, end up as a fresh query
+    answers them."""
+    keys = 600
+    rows = [doc(i) for i in range(keys)]
+    budget = sum(value_size(row) for row in rows) // 5
+    config = msgspec.structs.replace(kit.tiered_config(tmp_path, budget=budget), maps=MAPS)
+    queries = {
+        "top": Query(where={"group": 3}, sort={"n": "desc"}, limit=15),
+        "first": Query(sort={"n": "asc"}, limit=10),
+    }
+    async with kit.running(config) as t:
+        filler = Writer(await t.login(), kit.T)
+        # Both ends of the map first: the rows that move into the windows are cold.
+        order = [*range(keys - 100, keys), *range(100), *range(100, keys - 100)]
+        for start in range(0, keys, 50):
+            await filler.write([(i, rows[i]) for i in order[start : start + 50]])
+        watcher = await t.login()
+        windows: dict[str, dict[str, Any]] = {}
+        for query_id, query in queries.items():
+            payload = QuerySubPayload(query_id=query_id, map_name="docs", query=query)
+            await watcher.send(QuerySub(payload=payload))
+            response, _ = await watcher.receive_until(QueryResp, timeout=30)
+            windows[query_id] = {row.key: row.value for row in response.payload.results}
+
+        async def churn(n: int) -> None:
+            writer = Writer(await t.login(), kit.T + 1000 * (n + 1))
+            rng = random.Random(n)
+            for _ in range(8):
+                batch: list[tuple[int, dict[str, Any] | None]] = []
+                for _ in range(6):
+                    i = rng.choice([*range(30), *range(keys - 60, keys + 20)])
+                    batch.append(
+                        (i, None if rng.random() < 0.4 else doc(i, group=rng.choice([3, 4])))
+                    )
+                await writer.write(batch)
+
+        hot = t.server.maps.hot
+        assert hot is not None
+        loads = hot.loads
+        async with anyio.create_task_group() as tg:
+            for n in range(4):
+                tg.start_soon(churn, n)
+        assert hot.loads > loads  # rows moving into the windows were cold
+        heard_updates = [m for m in await watcher_messages(watcher) if isinstance(m, QueryUpdate)]
+        assert len(heard_updates) > 10
+        for message in heard_updates:
+            if isinstance(message, QueryUpdate):
+                change = message.payload
+                if change.type == "REMOVE":
+                    windows[change.query_id].pop(change.key, None)
+                else:
+                    windows[change.query_id][change.key] = change.value
+        fresh = await t.login()
+        for query_id, query in queries.items():
+            payload = QuerySubPayload(query_id=query_id, map_name="docs", query=query)
+            await fresh.send(QuerySub(payload=payload))
+            response, _ = await fresh.receive_until(QueryResp, timeout=30)
+            assert windows[query_id] == {row.key: row.value for row in response.payload.results}
+
+
+async def watcher_messages(watcher: InMemoryClient) -> list[Any]:
+    await watcher.send(Ping(timestamp=0))
+    _, before = await watcher.receive_until(Pong, timeout=30)
+    return before
