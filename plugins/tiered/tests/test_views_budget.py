@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import jwt
 import msgspec
 import pytest
 
 from topgun.crdt import LWWRecord, Timestamp
 from topgun.protocol import (
+    Auth,
+    AuthAck,
+    AuthRequired,
     ClientOp,
     HybridQueryResp,
     HybridQuerySubscribe,
@@ -40,7 +44,7 @@ from topgun.protocol import (
     ServerBatchEvent,
     ServerEvent,
 )
-from topgun.server import InMemoryClient, Server
+from topgun.server import InMemoryClient, Policy, ServerConfig
 from topgun.server.config import MapOptions
 from topgun.server.hotset import HotSet
 from topgun.server.views import SCAN_CHUNK
@@ -50,6 +54,14 @@ pytestmark = pytest.mark.anyio
 
 KEYS = 1500
 MAPS = {"docs": MapOptions(search_fields=("title",))}
+VIEW = Policy(
+    role="VIEW", map_name_pattern="docs", actions=("READ",), allowed_fields=("n", "title")
+)
+
+
+def configured(config: ServerConfig) -> ServerConfig:
+    """`config` with search on `docs` and the VIEW role."""
+    return msgspec.structs.replace(config, maps=MAPS, policies=(VIEW,))
 
 
 def doc(i: int, *, group: int | None = None, title: str | None = None) -> dict[str, Any]:
@@ -119,9 +131,21 @@ def steps() -> list[list[tuple[int, dict[str, Any] | None]]]:
     ]
 
 
-async def transcript(server: Server, writer: Writer, watcher: InMemoryClient) -> list[Any]:
-    """Subscribe the watcher (query, search, hybrid), then apply `steps`: what it heard."""
+async def transcript(
+    writer: Writer, watcher: InMemoryClient, viewer: InMemoryClient
+) -> tuple[list[Any], list[Any]]:
+    """Subscribe the watcher (query, search, hybrid) and the viewer (queries, seeing only
+    `n` and `title`), then apply `steps`: what each heard."""
     heard_all: list[Any] = []
+    viewed: list[Any] = []
+    for query_id, query in {
+        "v-first": Query(sort={"n": "asc"}, limit=10),
+        "v-probe": Query(where={"group": 3}),  # a field it may not see: matches nothing
+    }.items():
+        await viewer.send(
+            QuerySub(payload=QuerySubPayload(query_id=query_id, map_name="docs", query=query))
+        )
+        viewed.append(plain((await viewer.receive_until(QueryResp, timeout=30))[0]))
     queries = {
         "q-where": Query(where={"group": 3}, sort={"n": "desc"}, limit=20),
         "q-range": Query(predicate=PredicateNode(op="gte", attribute="n", value=KEYS - 40)),
@@ -172,7 +196,21 @@ async def transcript(server: Server, writer: Writer, watcher: InMemoryClient) ->
     for step in steps():
         await writer.write(step)
         heard_all.append(await heard(watcher))
-    return heard_all
+        viewed.append(await heard(viewer))
+    return heard_all, viewed
+
+
+async def login_as(running: Any, role: str) -> InMemoryClient:
+    """A client authenticated with `role` only."""
+    server = running.server
+    connection = InMemoryClient.connect(server, running.tg)
+    client: InMemoryClient = await running.stack.enter_async_context(connection)
+    assert isinstance(await client.receive(), AuthRequired)
+    secret = server.config.auth.jwt_secret.reveal()
+    token = jwt.encode({"sub": role.lower(), "roles": [role]}, secret, algorithm="HS256")
+    await client.send(Auth(token=token))
+    assert isinstance(await client.receive(), AuthAck)
+    return client
 
 
 def kinds(heard_all: list[Any]) -> set[str]:
@@ -190,13 +228,11 @@ async def test_views_over_a_map_five_times_the_budget_answer_as_without_one(
     budget = sum(value_size(row) for row in rows) // 5
     fill = [(i, rows[i]) for i in range(KEYS)]
 
-    async with kit.running(
-        msgspec.structs.replace(kit.plain_config(tmp_path / "p"), maps=MAPS)
-    ) as p:
+    async with kit.running(configured(kit.plain_config(tmp_path / "p"))) as p:
         writer = Writer(await p.login(), kit.T)
         for start in range(0, KEYS, 50):
             await writer.write(fill[start : start + 50])
-        reference = await transcript(p.server, writer, await p.login())
+        reference, viewed = await transcript(writer, await p.login(), await login_as(p, "VIEW"))
     assert {"QueryUpdate", "SearchUpdate", "HybridQueryDelta", "ServerBatchEvent"} <= kinds(
         reference
     )
@@ -210,8 +246,14 @@ async def test_views_over_a_map_five_times_the_budget_answer_as_without_one(
     }
     assert ("QueryUpdate", "k00003", "UPDATE") in body_only
     assert ("HybridQueryDelta", "k00030", "UPDATE") in body_only
+    first_seen = viewed[0][1]["payload"]["results"]
+    assert [row["value"] for row in first_seen[:2]] == [
+        {"n": 0, "title": "alpha beta 0"},
+        {"n": 1, "title": "gamma delta 1"},
+    ]
+    assert viewed[1][1]["payload"]["results"] == []
 
-    config = msgspec.structs.replace(kit.tiered_config(tmp_path / "t", budget=budget), maps=MAPS)
+    config = configured(kit.tiered_config(tmp_path / "t", budget=budget))
     async with kit.running(config) as t:
         hot = t.server.maps.hot
         assert hot is not None
@@ -238,7 +280,8 @@ async def test_views_over_a_map_five_times_the_budget_answer_as_without_one(
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(HotSet, "note", noted)
             patch.setattr(HotSet, "charge", charged)
-            assert await transcript(t.server, writer, await t.login()) == reference
+            watcher, viewer = await t.login(), await login_as(t, "VIEW")
+            assert await transcript(writer, watcher, viewer) == (reference, viewed)
 
         assert hot.loads > loads  # cold rows were read to send them
         largest = max(value_size(row) for row in rows)
@@ -262,7 +305,7 @@ async def test_windows_stay_exact_under_concurrent_writers(tmp_path: Path, kit: 
     keys = 600
     rows = [doc(i) for i in range(keys)]
     budget = sum(value_size(row) for row in rows) // 5
-    config = msgspec.structs.replace(kit.tiered_config(tmp_path, budget=budget), maps=MAPS)
+    config = configured(kit.tiered_config(tmp_path, budget=budget))
     queries = {
         "top": Query(where={"group": 3}, sort={"n": "desc"}, limit=15),
         "first": Query(sort={"n": "asc"}, limit=10),
