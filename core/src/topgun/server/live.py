@@ -105,20 +105,17 @@ class _View:
 
     def put(self, key: str, shown: Any) -> None:
         """`key` now shows `shown` (`ABSENT`: not at all) to this view's subscribers."""
-        _put(self.rows, self.charge, key, _kept(shown, self.keep))
+        row = _kept(shown, self.keep)
+        if self.charge is not None:
+            self.charge.change(self.rows.get(key), row)
+        if row is ABSENT:
+            self.rows.delete(key)
+        else:
+            self.rows.set(key, row)
 
 
 def _kept(shown: Any, keep: frozenset[str] | None) -> Any:
     return shown if keep is None else project(shown, keep)
-
-
-def _put(rows: IndexedMap, charge: Charge | None, key: str, row: Any) -> None:
-    if charge is not None:
-        charge.change(rows.get(key), row)
-    if row is ABSENT:
-        rows.delete(key)
-    else:
-        rows.set(key, row)
 
 
 def _frame(encode: Callable[[msgspec.Struct], bytes], query_id: str, change: WindowChange) -> bytes:

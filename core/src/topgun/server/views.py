@@ -5,7 +5,8 @@ would keep a copy of every row the eviction of values is meant to free, so views
 what re-evaluating rows needs and read values through the registry when they send them:
 
 - `scan` reads a map chunk by chunk, each chunk held (loaded, pinned) only while it is
-  used, so building a view or an index never holds more than a chunk of cold values;
+  used, so building a view or an index never holds more than a chunk of cold values
+  (`matching_rows` runs a one-shot query that way, `shown_rows` loads a page's values);
 - `project` cuts a value down to the attributes a view's predicates, sorts and indexes
   read (attribute lookups are top-level only, so the cut answers them exactly);
 - `Outbox` sends messages in order, building the ones that carry a row's value when it is
