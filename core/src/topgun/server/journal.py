@@ -138,10 +138,11 @@ class Journal:
     def _slot(self, sequence: int) -> str:
         return str(sequence % self.capacity).zfill(20)
 
-    def observe(self, applied: Applied, recording: Recording) -> None:
+    def observe(self, applied: Sequence[Applied], recording: Recording) -> None:
         """The change observer: journal `applied`, persist it with `recording`, stream it."""
-        for sequence, event in self._events_of(applied):
-            self._append(sequence, event, recording)
+        for one in applied:
+            for sequence, event in self._events_of(one):
+                self._append(sequence, event, recording)
 
     def _events_of(self, applied: Applied) -> list[tuple[int, JournalEvent]]:
         """(sequence, event) for each change of `applied`."""

@@ -94,15 +94,17 @@ class Recording:
 class _RecordingBlock:
     """`MapRegistry.recording()`: a plain context manager (one is opened per op)."""
 
-    __slots__ = ("_registry",)
+    __slots__ = ("_into", "_registry")
 
-    def __init__(self, registry: MapRegistry) -> None:
+    def __init__(self, registry: MapRegistry, into: Recording | None) -> None:
         self._registry = registry
+        self._into = into
 
     def __enter__(self) -> Recording:
         if self._registry._recording is not None:
             raise RuntimeError("a map recording is already open")
-        recording = self._registry._recording = Recording()
+        recording = self._into if self._into is not None else Recording()
+        self._registry._recording = recording
         return recording
 
     def __exit__(self, *exc_info: object) -> None:
@@ -239,12 +241,13 @@ class MapRegistry:
 
     # -- changes --------------------------------------------------------------------------
 
-    def recording(self) -> _RecordingBlock:
-        """Collect the events and storage changes of every change made inside the block.
+    def recording(self, into: Recording | None = None) -> _RecordingBlock:
+        """Collect the events and storage changes of every change made inside the block, in
+        a new `Recording` or appended to `into` (a request's ops share one).
 
         The block must not await: changes of other requests would land in this recording.
         """
-        return _RecordingBlock(self)
+        return _RecordingBlock(self, into)
 
     def _active(self) -> Recording:
         if self._recording is None:
@@ -253,7 +256,9 @@ class MapRegistry:
 
     def _lww_listener(self, name: str) -> LWWListener:
         def changed(key: str, record: LWWRecord) -> None:
-            recording = self._active()
+            recording = self._recording
+            if recording is None:
+                raise RuntimeError("maps change only inside MapRegistry.recording()")
             if self.hot is not None:
                 self.hot.note(name, key, record.value)
             recording.changes.append(PutRecord(name, key, record))
