@@ -74,9 +74,9 @@ _PENDING_SWEEP_AT: Final = 4096
 _LOAD_CHUNK: Final = 500
 """Cold keys asked of storage per `load_keys` call."""
 
-_FIRST_PAGE: Final = 16
+_FIRST_PAGE: Final = 1
 """Keys of the first page a map is loaded with under a budget; later pages are sized from
-the bytes per key seen so far."""
+the bytes per key of the page before, growing at most 4x a page."""
 
 _PAGE_SHARE: Final = 16
 """A later page aims at this fraction (1/n) of the budget..."""
@@ -450,7 +450,8 @@ class MapRegistry:
             if page.next_after is None:
                 break
             after = page.next_after
-            limit = max(1, min(_MAX_PAGE, hot.budget.budget_bytes // _PAGE_SHARE // per_key))
+            fits = hot.budget.budget_bytes // _PAGE_SHARE // per_key
+            limit = max(1, min(_MAX_PAGE, 4 * limit, fits))
         if name in self._lww:
             self._lww[name].on_change(self._lww_listener(name))
         elif name in self._or:
