@@ -284,16 +284,17 @@ async def test_a_start_under_a_budget_loads_page_by_page_within_the_budget(clock
     hot = maps.hot
     assert hot is not None
     assert hot.peak <= BUDGET.budget_bytes  # never much past the high-water mark
-    for name in ("m", "o"):
-        crdt = maps.lww(name) or maps.ormap(name)
-        model = plain.lww(name) or plain.ormap(name)
-        assert crdt is not None and model is not None
+    lww, ormap = maps.lww("m"), maps.ormap("o")
+    plain_lww, plain_or = plain.lww("m"), plain.ormap("o")
+    assert lww is not None
+    assert ormap is not None
+    assert plain_lww is not None
+    assert plain_or is not None
+    for crdt, model in ((lww, plain_lww), (ormap, plain_or)):
         assert len(crdt.cold_keys()) >= 70
         assert crdt.merkle.root_hash == model.merkle.root_hash
-    lww, ormap, plain_or = maps.lww("m"), maps.ormap("o"), plain.ormap("o")
-    assert lww is not None and ormap is not None and plain_or is not None
     async with maps.holding("m"):
-        assert lww.items() == plain.lww("m").items()  # type: ignore[union-attr]
+        assert lww.items() == plain_lww.items()
     async with maps.holding("o"):
         assert {k: ormap.values(k) for k in ormap.all_keys()} == {
             k: plain_or.values(k) for k in plain_or.all_keys()

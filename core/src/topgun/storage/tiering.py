@@ -6,8 +6,9 @@ within that many bytes: past the high-water mark the least recently used values 
 (their records go *cold*: keys, tags, timestamps and TTLs stay in memory, the values stay
 in storage) down to the low-water mark, and every read that needs a cold value loads it
 back with `load_keys`. Sizes are estimated by `value_size`; a `PagedBackend` is loaded page
-by page at start so that loading stays within the budget too. A backend with `archived_maps` (`ArchivingBackend`) keeps whole
-maps out of the server's memory until a request names them.
+by page at start so that loading stays within the budget too. A backend with
+`archived_maps` (`ArchivingBackend`) keeps whole maps out of the server's memory until a
+request names them.
 """
 
 from __future__ import annotations
