@@ -219,3 +219,37 @@ async def test_a_fresh_client_syncs_an_or_map_larger_than_the_budget(
         # back within its budget.
         assert hot.used <= budget
         assert await root(await tiered.login()) == ormap.merkle.root_hash
+
+
+async def test_records_of_cold_keys_expire_by_their_kept_ttl(tmp_path: Path, kit: Any) -> None:
+    keys = range(250)
+    ttl = 600_000  # due 9 minutes from now: the test moves the expiry clock there
+
+    def expiring(i: int) -> ORMapRecord:
+        stamp = Timestamp(kit.T, i, "writer")
+        return ORMapRecord(kit.row(i), stamp, str(stamp), ttl)
+
+    model = ORMap(HLC("model", lambda: kit.T))
+    for i in keys:
+        model.apply(f"k{i:05}", expiring(i))
+    budget = sum(or_key_bytes(model, key) for key in model.all_keys()) // 5
+    async with kit.running(kit.tiered_config(tmp_path, budget=budget)) as tiered:
+        ops = [
+            ClientOp(map_name=NAME, key=f"k{i:05}", op_type="OR_ADD", or_record=expiring(i))
+            for i in keys
+        ]
+        await send_ops(await tiered.login(), ops)
+        server = tiered.server
+        ormap = server.maps.ormap(NAME)
+        assert ormap is not None
+        assert len(ormap.cold_keys()) > len(keys) // 2
+        assert len(server.expiry) == len(keys)  # scheduled from the kept TTLs
+        server.expiry.clock = lambda: kit.T + ttl + 1000
+        await server.expiry.expire_due()
+        with anyio.fail_after(30):  # the background task may have taken some of them
+            while any(ormap.keys_holding(expiring(i).tag) for i in keys):
+                await anyio.sleep(0.01)
+        assert all(ormap.is_tombstoned(expiring(i).tag) for i in keys)
+        assert ormap.keys() == []
+        assert server.maps.hot is not None
+        assert server.maps.hot.used <= budget
