@@ -267,7 +267,8 @@ class ORMap:
         is tombstoned is left out. Listeners are not called and the clock is not moved:
         nothing changed, the map only learned what it had. Returns the newest timestamp
         seen (records and tombstones), for the owner to fold into its clock, or `None`.
-        Everything is validated before anything changes.
+        It may come in parts (a map loaded page by page), each key's records in one part.
+        Everything is validated before anything changes (a cold key is a `ColdValueError`).
         """
         offered = [
             (key, record, or_record_string(_check_or_record(key, record)))
