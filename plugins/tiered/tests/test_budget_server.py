@@ -71,7 +71,8 @@ async def test_a_map_five_times_the_budget_is_served_whole(tmp_path: Path, kit: 
         assert lww is not None
         assert len(lww.cold_keys()) > KEYS // 2
 
-    # A restart loads the map (then evicts), and reads bring cold values back.
+    # A restart loads the map page by page (evicting between pages); reads bring cold
+    # values back.
     async with kit.running(config) as tiered:
         server = tiered.server
         client = await tiered.login()
