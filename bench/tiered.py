@@ -17,7 +17,11 @@ values are 5x the budget (1 KiB values), then:
 3. memory: the process RSS (from /proc) before the fill, at its highest during the fill
    and during a scan that reads every key, next to the budget and the map's size, the
    values in memory as the budget counts them, and the RSS growth of a fresh process
-   that fills the same map with no budget.
+   that fills the same map with no budget;
+4. start-up: a fresh process loads the filled database (the map 5x the budget), with the
+   budget (page by page, evicting between pages) and without one (whole maps), side by
+   side: seconds to load, the peak RSS growth while loading (VmHWM), and the most values
+   the budget's accounting held at once.
 
 Linux only (/proc). Each figure comes from one run; the database and archive live in a
 temporary directory under --dir (default: the system temp directory).
@@ -214,6 +218,60 @@ async def run(budget_mib: int, reads: int, workdir: Path) -> None:
     await archive_line(workdir)
 
     await backend.close()
+    startup_lines(data_dir, budget)
+
+
+def startup_lines(data_dir: Path, budget: int) -> None:
+    """Start-up of the filled database in fresh processes, without and with the budget."""
+    print(f"\n{'start-up (fresh process)':40} {'seconds':>10} {'peak RSS':>10} {'values':>10}")
+    print(f"{'':40} {'':>10} {'MiB':>10} {'MiB':>10}")
+    for label, limit in (
+        ("no budget: whole maps", 0),
+        (f"budget {budget / MIB:g} MiB: by page", budget),
+    ):
+        result = subprocess.run(
+            [sys.executable, __file__, "--startup", str(data_dir), "--startup-budget", str(limit)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        seconds, grown, held = result.stdout.split()
+        values = "n/a" if held == "-" else f"{int(held) / MIB:,.1f}"
+        print(f"{label:40} {float(seconds):10.2f} {int(grown) / MIB:10,.1f} {values:>10}")
+
+
+def peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+async def start_up(data_dir: Path, budget: int) -> None:
+    """Load every map of the SQLite database in `data_dir` as the server starts (with a
+    budget of `budget` bytes, none when 0); print seconds, peak RSS growth and the most
+    values held (`-` without a budget)."""
+    wrappers = {"wrappers": ["tiered"], "wrapper_options": {"tiered": {"budget": budget}}}
+    backend = open_storage(
+        pm(),
+        data_dir=data_dir,
+        backend="sqlite",
+        options={"synchronous": "normal"},
+        **(wrappers if budget else {}),
+    )
+    await backend.initialize()
+    maps = MapRegistry(HLC("bench", lambda: int(time.time() * 1000)))
+    if budget:
+        assert isinstance(backend, TieredBackend)
+        maps.set_budget(backend.memory_budget)
+    before = rss_bytes()
+    began = time.perf_counter()
+    await maps.load(backend)
+    seconds = time.perf_counter() - began
+    grown = peak_rss_bytes() - before
+    held = "-" if maps.hot is None else str(maps.hot.peak)
+    print(f"{seconds} {grown} {held}")
+    await backend.close()
 
 
 async def postgres_line(reads: int, workdir: Path) -> None:
@@ -360,9 +418,14 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=2000, help="reads per latency figure")
     parser.add_argument("--dir", type=Path, default=None, help="where the files go")
     parser.add_argument("--unbounded", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--startup", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--startup-budget", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.unbounded:
         anyio.run(fill_unbounded, args.unbounded)
+        return
+    if args.startup:
+        anyio.run(start_up, args.startup, args.startup_budget)
         return
     budget = 4 if args.small else args.budget_mib
     reads = min(args.reads, 500) if args.small else args.reads

@@ -390,9 +390,15 @@ class WritePipeline:
         held = None
         if self.maps.tiered:
             # An archived map comes back first; under a memory budget the key's value is
-            # loaded (and kept) if resolvers or the journal read it.
-            reads = self.reads_previous(op.map_name)
-            held = await self.maps.hold(op.map_name, (op.key,) if reads else ())
+            # loaded (and kept) if resolvers or the journal read it. An OR-Map write changes
+            # records in place: the keys it touches are always loaded.
+            if kind == "ormap":
+                await self.maps.ensure_loaded(op.map_name)  # to know who holds the tag
+                tag = op.or_tag if op_type == "OR_REMOVE" else None
+                keys = self.maps.or_write_keys(op.map_name, op.key, tag)
+            else:
+                keys = [op.key] if self.reads_previous(op.map_name) else []
+            held = await self.maps.hold(op.map_name, keys)
         try:
             if self.resolve is not None and op_type in ("PUT", "REMOVE") and not trusted:
                 state.op = op = await self.resolve(op, context)  # §6.1 step 6, §8.2

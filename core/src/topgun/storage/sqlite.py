@@ -40,6 +40,7 @@ from topgun.storage.contract import (
     LWWSnapshot,
     MapInfo,
     MapKind,
+    MapPage,
     MapSnapshot,
     ORSnapshot,
     PruneORTag,
@@ -50,6 +51,7 @@ from topgun.storage.contract import (
     StorageBackend,
     StoredValue,
     check_batch,
+    check_page_request,
     encoded_value,
     kind_mismatch,
     kind_of,
@@ -270,6 +272,35 @@ class SQLiteBackend:
     async def load_keys(self, name: str, keys: Iterable[str]) -> MapSnapshot | None:
         return await self._call(self._load, name, sorted(set(keys)))
 
+    async def load_page(self, name: str, after: str | None, limit: int) -> MapPage | None:
+        check_page_request(after, limit)
+        return await self._call(self._load_page, name, after, limit)
+
+    def _load_page(self, name: str, after: str | None, limit: int) -> MapPage | None:
+        conn = self._connection()
+        found = self._maps.get(name)
+        if found is None:
+            return None
+        map_id, kind = found
+        table = "lww_records" if kind == "lww" else "or_records"
+        where, args = ("", (map_id,)) if after is None else (" AND key > ?", (map_id, after))
+        with self._translated(f"loading a page of map {name!r}"):
+            keys = [
+                key
+                for (key,) in conn.execute(
+                    f"SELECT DISTINCT key FROM {table} WHERE map_id = ?{where}"
+                    " ORDER BY key LIMIT ?",
+                    (*args, limit + 1),
+                )
+            ]
+            page = keys[:limit]
+            snapshot: MapSnapshot
+            if kind == "lww":
+                snapshot = self._load_lww(conn, name, map_id, page)
+            else:
+                snapshot = self._load_or(conn, name, map_id, page, all_tombstones=after is None)
+        return MapPage(snapshot, page[-1] if len(keys) > limit else None)
+
     def _load(self, name: str, keys: list[str] | None) -> MapSnapshot | None:
         conn = self._connection()
         found = self._maps.get(name)
@@ -313,8 +344,16 @@ class SQLiteBackend:
         return LWWSnapshot(name, records)
 
     def _load_or(
-        self, conn: sqlite3.Connection, name: str, map_id: int, keys: list[str] | None
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        map_id: int,
+        keys: list[str] | None,
+        *,
+        all_tombstones: bool | None = None,
     ) -> ORSnapshot:
+        """The records of `keys` (every key when `None`) and their tombstones; a page
+        (`all_tombstones` not `None`) has every tombstone of the map, or none."""
         unpack = self.codecs.unpack
         query = (
             "SELECT key, tag, value, millis, counter, node_id, ttl_ms FROM or_records"
@@ -329,7 +368,11 @@ class SQLiteBackend:
         for tag_list in records.values():
             tag_list.sort(key=lambda record: record.tag)
         query = "SELECT key, tag FROM or_tombstones WHERE map_id = ?"
-        pairs = sorted((tag, key) for key, tag in self._rows(conn, query, map_id, keys))
+        if all_tombstones is None:
+            rows = self._rows(conn, query, map_id, keys)
+        else:
+            rows = self._rows(conn, query, map_id, None) if all_tombstones else []
+        pairs = sorted((tag, key) for key, tag in rows)
         return ORSnapshot(name, records, dict(pairs))
 
     async def load_meta(self, namespace: str) -> dict[str, bytes]:

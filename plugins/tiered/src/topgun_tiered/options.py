@@ -70,7 +70,7 @@ class TieredOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`[storage.wrapper_options.tiered]`."""
 
     budget: int | str = "1GiB"
-    """RAM for the values of LWW maps: bytes, or a text such as `"512MiB"`."""
+    """RAM for map values (LWW and OR-Map): bytes, or a text such as `"512MiB"`."""
     high_water: float = 0.85
     """Evict once the values in memory pass this fraction of the budget..."""
     low_water: float = 0.70

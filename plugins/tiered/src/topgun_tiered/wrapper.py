@@ -2,9 +2,10 @@
 
 It forwards the storage contract to the backend it wraps and adds two tiers around it:
 
-- **memory**: its `memory_budget` makes the server keep LWW values within a RAM budget
-  (`topgun.storage.BudgetedBackend`); the values it evicts stay in the wrapped backend and
-  come back through `load_keys`.
+- **memory**: its `memory_budget` makes the server keep map values (LWW and OR-Map) within
+  a RAM budget (`topgun.storage.BudgetedBackend`); the values it evicts stay in the wrapped
+  backend and come back through `load_keys`, and at start maps load page by page
+  (`load_page`, forwarded) so that loading never holds much more than the budget.
 - **archive**: maps moved out by `archive` live as compressed segments in an object store
   (a directory or S3). They stay listed by `list_maps` and `archived_maps`, so the server
   does not load them at start; any read or write of one first restores it into the
@@ -30,8 +31,10 @@ from topgun.storage import (
     LWWSnapshot,
     MapInfo,
     MapKind,
+    MapPage,
     MapSnapshot,
     MemoryBudget,
+    PagedBackend,
     PutMeta,
     PutRecord,
     RecodableBackend,
@@ -43,6 +46,7 @@ from topgun.storage import (
     StorageError,
     StorageStatus,
     StoredValue,
+    check_page_request,
 )
 from topgun_tiered.archive import Archive, SegmentInfo, newest_millis, record_count
 from topgun_tiered.options import TieredOptions
@@ -155,6 +159,15 @@ class TieredBackend:
     async def load_keys(self, name: str, keys: Iterable[str]) -> MapSnapshot | None:
         await self._restored(name)
         return await self.inner.load_keys(name, keys)
+
+    async def load_page(self, name: str, after: str | None, limit: int) -> MapPage | None:
+        """The wrapped backend's page (its whole map as one page if it cannot page)."""
+        check_page_request(after, limit)
+        await self._restored(name)
+        if isinstance(self.inner, PagedBackend):
+            return await self.inner.load_page(name, after, limit)
+        whole = await self.inner.load_map(name)
+        return None if whole is None else MapPage(whole, None)
 
     async def load_meta(self, namespace: str) -> dict[str, bytes]:
         self._check_open()
