@@ -313,7 +313,7 @@ class WritePipeline:
                 ):
                     self._observe(applied, combined)  # in order, before anything awaits
                     await self._apply_awaiting(
-                        state, op, op_type, context, combined, applied, intercept,
+                        state, op, op_type, kind, context, combined, applied, intercept,
                         removal_needs_live_tag, granted, trusted,
                     )  # fmt: skip
                     self._observe(applied, combined)
@@ -370,6 +370,7 @@ class WritePipeline:
         state: OpState,
         op: ClientOp,
         op_type: OpType,
+        kind: MapKind,
         context: WriteContext,
         combined: Recording,
         applied: list[Applied],
