@@ -193,7 +193,11 @@ class SQLiteBackend:
             # timeout=0: the one connection never waits for a lock; a busy file means
             # another process holds it, which is reported at once.
             conn = sqlite3.connect(
-                self.path, timeout=0, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=0,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=_STATEMENT_CACHE,
             )
         try:
             with self._translated("opening"):
@@ -682,15 +686,31 @@ def _upsert(
     per_statement = max(1, min(_ROWS_PER_STATEMENT, limit))
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        conn.execute(statement(len(chunk)), [value for row in chunk for value in row])
+        params = [value for row in chunk for value in row]
+        size = len(chunk)
+        if size > _PAD_STEP:
+            # Round up to a multiple of `_PAD_STEP` by repeating the last row (a no-op the
+            # second time: an upsert of what the row just stored), so a few dozen statement
+            # shapes serve every batch size from the connection's statement cache instead of
+            # compiling a new statement for almost every transaction.
+            padded = min(-(-size // _PAD_STEP) * _PAD_STEP, per_statement)
+            params.extend(chunk[-1] * (padded - size))
+            size = padded
+        conn.execute(statement(size), params)
     rows.clear()
 
 
 _ROWS_PER_STATEMENT: Final = 1000
 """Rows per multi-row upsert at most (the writer's default transaction size)."""
 
+_PAD_STEP: Final = 16
+"""Multi-row upserts of more rows than this have a multiple of it (see `_upsert`)."""
 
-@functools.lru_cache(maxsize=64)
+_STATEMENT_CACHE: Final = 256
+"""Compiled statements kept per connection: every upsert shape of both tables, and more."""
+
+
+@functools.lru_cache(maxsize=_STATEMENT_CACHE)
 def _put_lww(rows: int) -> str:
     """Upsert `rows` LWW records, in order, each unless the stored one is newer."""
     return (
@@ -704,7 +724,7 @@ def _put_lww(rows: int) -> str:
     )
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_STATEMENT_CACHE)
 def _put_meta(rows: int) -> str:
     """Upsert `rows` meta rows, in order."""
     return (
