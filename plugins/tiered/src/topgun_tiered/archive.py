@@ -1,20 +1,22 @@
-"""The archive tier: each archived map is one zstd-compressed segment, listed in a
-manifest.
+"""The archive tier: zstd-compressed segments in an object store, listed in a manifest.
 
-A segment is the msgpack of the map's snapshot (`LWWSnapshot` or `ORSnapshot`), with
-every record as an array of value, timestamp parts and TTL (an integer TTL stays an
-integer), so restoring gives back the same records, values and timestamps byte for
-byte. The manifest (`manifest.json`) names each archived map's segment with its kind,
-SHA-256, sizes and newest timestamp; it is the only object that changes, and it is
-replaced whole. A segment is written (and read back and checked)
-before the manifest names it, and deleted only after the manifest stopped naming it. The
-compressed segment passes through the storage's value codecs, so an encrypted store keeps
-an encrypted archive.
+A segment holds either a whole archived map (`archive_map`, listed under `maps`) or some
+keys of an LWW map that stays live in storage for its other keys (a *key segment*, listed
+under `key_segments` with the keys it holds). It is the msgpack of a map snapshot
+(`LWWSnapshot` or `ORSnapshot`), with every record as an array of value, timestamp parts
+and TTL (an integer TTL stays an integer), so restoring gives back the same records,
+values and timestamps byte for byte. The manifest (`manifest.json`) names each segment
+with its SHA-256, sizes and newest timestamp; it is the only object that changes, and it
+is replaced whole. A segment is written (and read back and checked) before the manifest
+names it, and deleted only after the manifest stopped naming it. The compressed segment
+passes through the storage's value codecs, so an encrypted store keeps an encrypted
+archive.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any, Final, Literal
 
 import msgspec
@@ -33,7 +35,8 @@ from topgun.storage import (
 from topgun_tiered.stores import ObjectStore
 
 MANIFEST: Final = "manifest.json"
-FORMAT: Final = 1
+FORMAT: Final = 2
+"""1: whole maps only; 2: key segments too (a format-1 manifest reads as one without)."""
 
 
 class ArchiveCorruptError(StorageCorruptError):
@@ -58,9 +61,27 @@ class SegmentInfo(msgspec.Struct, frozen=True):
     archived_at_ms: int
 
 
+class KeySegmentInfo(msgspec.Struct, frozen=True):
+    """Some archived keys of an LWW map, as the manifest lists them."""
+
+    map: str
+    segment: str
+    """The object holding them."""
+    sha256: str
+    """Of the compressed segment."""
+    keys: list[str]
+    """The keys it holds, sorted: only these are read back from it."""
+    raw_bytes: int
+    stored_bytes: int
+    newest_millis: int
+    archived_at_ms: int
+
+
 class Manifest(msgspec.Struct):
     format: int = FORMAT
     maps: dict[str, SegmentInfo] = msgspec.field(default_factory=dict)
+    key_segments: dict[str, KeySegmentInfo] = msgspec.field(default_factory=dict)
+    """By segment object name."""
 
 
 class _Record(msgspec.Struct, array_like=True):
@@ -157,6 +178,8 @@ class Archive:
         """The storage's value codecs: a compressed segment passes through them (so an
         encrypting codec encrypts the archive too), bound to the map's name."""
         self.manifest = Manifest()
+        self.keys: dict[str, dict[str, str]] = {}
+        """Map -> archived key -> the key segment holding it (the manifest, indexed)."""
 
     async def open(self) -> None:
         """Open the store and read the manifest (an empty one if there is none yet)."""
@@ -164,6 +187,7 @@ class Archive:
         data = await self.store.get(MANIFEST)
         if data is None:
             self.manifest = Manifest()
+            self.keys = {}
             return
         try:
             manifest = msgspec.json.decode(data, type=Manifest)
@@ -177,6 +201,14 @@ class Archive:
                 f"{manifest.format}; this version reads up to {FORMAT}"
             )
         self.manifest = manifest
+        self.keys = {}
+        for info in manifest.key_segments.values():
+            self._index(info)
+
+    def _index(self, info: KeySegmentInfo) -> None:
+        held = self.keys.setdefault(info.map, {})
+        for key in info.keys:
+            held[key] = info.segment
 
     async def close(self) -> None:
         await self.store.close()
@@ -184,48 +216,43 @@ class Archive:
     def kinds(self) -> dict[str, MapKind]:
         return {name: info.kind for name, info in self.manifest.maps.items()}
 
+    def segments_of(self, name: str, keys: Iterable[str] | None = None) -> list[str]:
+        """The key segments of map `name` holding any of `keys` (all of them when `None`)."""
+        held = self.keys.get(name)
+        if not held:
+            return []
+        if keys is None:
+            return sorted(set(held.values()))
+        return sorted({held[key] for key in keys if key in held})
+
     async def _save(self) -> None:
+        self.manifest.format = FORMAT
         data = msgspec.json.format(msgspec.json.encode(self.manifest), indent=2)
         await self.store.put(MANIFEST, data)
 
-    async def add(self, name: str, snapshot: MapSnapshot, now_ms: int) -> SegmentInfo:
-        """Write `snapshot` as a segment, check it reads back, and list it."""
-        raw = encode_segment(snapshot)
+    async def _write(self, name: str, raw: bytes, suffix: str) -> tuple[str, str, int]:
+        """Compress, encode and store `raw` as a new segment of map `name`, checked by
+        reading it back; returns (object name, SHA-256, stored bytes)."""
         compressed = zstandard.ZstdCompressor(level=self.level).compress(raw)
         compressed = self.codecs.encode(compressed, _context(name))
         digest = hashlib.sha256(compressed).hexdigest()
-        segment = f"segments/{hashlib.sha256(name.encode()).hexdigest()[:16]}-{digest[:16]}.zst"
+        prefix = hashlib.sha256(name.encode()).hexdigest()[:16]
+        segment = f"segments/{prefix}-{digest[:16]}{suffix}"
         await self.store.put(segment, compressed)
         if await self.store.get(segment) != compressed:
             raise ArchiveCorruptError(
                 f"segment {self.store.description}{segment} of map {name!r} did not read back "
-                "as written; the map stays where it was"
+                "as written; the data stays where it was"
             )
-        info = SegmentInfo(
-            kind=snapshot.kind,
-            segment=segment,
-            sha256=digest,
-            records=record_count(snapshot),
-            raw_bytes=len(raw),
-            stored_bytes=len(compressed),
-            newest_millis=newest_millis(snapshot),
-            archived_at_ms=now_ms,
-        )
-        replaced = self.manifest.maps.get(name)
-        self.manifest.maps[name] = info
-        await self._save()
-        if replaced is not None and replaced.segment != segment:
-            await self.store.delete(replaced.segment)
-        return info
+        return segment, digest, len(compressed)
 
-    async def read(self, name: str) -> MapSnapshot:
-        """The snapshot archived for map `name` (checked against the manifest)."""
-        info = self.manifest.maps[name]
-        where = f"{self.store.description}{info.segment}"
-        compressed = await self.store.get(info.segment)
+    async def _read(self, name: str, segment: str, sha256: str) -> MapSnapshot:
+        """The snapshot segment `segment` of map `name` holds, checked against `sha256`."""
+        where = f"{self.store.description}{segment}"
+        compressed = await self.store.get(segment)
         if compressed is None:
             raise ArchiveCorruptError(f"segment {where} of archived map {name!r} is missing")
-        if hashlib.sha256(compressed).hexdigest() != info.sha256:
+        if hashlib.sha256(compressed).hexdigest() != sha256:
             raise ArchiveCorruptError(f"segment {where} of archived map {name!r} is damaged")
         compressed = self.codecs.decode(compressed, _context(name))  # ValueCodecError names it
         try:
@@ -234,8 +261,49 @@ class Archive:
             raise ArchiveCorruptError(
                 f"segment {where} of map {name!r} is damaged: {exc}"
             ) from None
-        if snapshot.name != name or snapshot.kind != info.kind:
+        if snapshot.name != name:
             raise ArchiveCorruptError(f"segment {where} holds map {snapshot.name!r}, not {name!r}")
+        return snapshot
+
+    # -- whole maps -----------------------------------------------------------------------
+
+    async def add(self, name: str, snapshot: MapSnapshot, now_ms: int) -> SegmentInfo:
+        """Write `snapshot` as a segment, check it reads back, and list it (the map's key
+        segments, which the snapshot must include, stop being listed)."""
+        raw = encode_segment(snapshot)
+        segment, digest, stored = await self._write(name, raw, ".zst")
+        info = SegmentInfo(
+            kind=snapshot.kind,
+            segment=segment,
+            sha256=digest,
+            records=record_count(snapshot),
+            raw_bytes=len(raw),
+            stored_bytes=stored,
+            newest_millis=newest_millis(snapshot),
+            archived_at_ms=now_ms,
+        )
+        replaced = self.manifest.maps.get(name)
+        self.manifest.maps[name] = info
+        superseded = self.segments_of(name)
+        for old in superseded:
+            del self.manifest.key_segments[old]
+        self.keys.pop(name, None)
+        await self._save()
+        if replaced is not None and replaced.segment != segment:
+            await self.store.delete(replaced.segment)
+        for old in superseded:
+            await self.store.delete(old)
+        return info
+
+    async def read(self, name: str) -> MapSnapshot:
+        """The snapshot archived for map `name` (checked against the manifest)."""
+        info = self.manifest.maps[name]
+        snapshot = await self._read(name, info.segment, info.sha256)
+        if snapshot.kind != info.kind:
+            raise ArchiveCorruptError(
+                f"segment {self.store.description}{info.segment} holds a {snapshot.kind} "
+                f"map, not the {info.kind} map {name!r}"
+            )
         return snapshot
 
     async def remove(self, name: str) -> None:
@@ -243,3 +311,62 @@ class Archive:
         info = self.manifest.maps.pop(name)
         await self._save()
         await self.store.delete(info.segment)
+
+    # -- key segments ---------------------------------------------------------------------
+
+    async def write_keys(self, snapshot: LWWSnapshot, now_ms: int) -> KeySegmentInfo:
+        """Write some records of an LWW map as a key segment, checked by reading it back;
+        not listed yet (`list_keys` does that, for the keys that may leave storage)."""
+        raw = encode_segment(snapshot)
+        segment, digest, stored = await self._write(snapshot.name, raw, ".keys.zst")
+        return KeySegmentInfo(
+            map=snapshot.name,
+            segment=segment,
+            sha256=digest,
+            keys=sorted(snapshot.records),
+            raw_bytes=len(raw),
+            stored_bytes=stored,
+            newest_millis=newest_millis(snapshot),
+            archived_at_ms=now_ms,
+        )
+
+    async def list_keys(self, info: KeySegmentInfo) -> None:
+        """List key segment `info` in the manifest (a segment listing no key is deleted)."""
+        if not info.keys:
+            await self.store.delete(info.segment)
+            return
+        self.manifest.key_segments[info.segment] = info
+        self._index(info)
+        await self._save()
+
+    async def read_keys(self, segment: str) -> LWWSnapshot:
+        """The records key segment `segment` holds for the keys the manifest lists."""
+        info = self.manifest.key_segments[segment]
+        snapshot = await self._read(info.map, segment, info.sha256)
+        if not isinstance(snapshot, LWWSnapshot):
+            raise ArchiveCorruptError(
+                f"key segment {self.store.description}{segment} does not hold an LWW map"
+            )
+        missing = [key for key in info.keys if key not in snapshot.records]
+        if missing:
+            raise ArchiveCorruptError(
+                f"key segment {self.store.description}{segment} of map {info.map!r} lacks "
+                f"the keys {missing[:5]} the manifest lists"
+            )
+        return LWWSnapshot(info.map, {key: snapshot.records[key] for key in info.keys})
+
+    async def remove_keys(self, segments: Iterable[str]) -> None:
+        """Stop listing these key segments, then delete them."""
+        gone = [self.manifest.key_segments.pop(segment) for segment in segments]
+        if not gone:
+            return
+        for info in gone:
+            held = self.keys.get(info.map, {})
+            for key in info.keys:
+                if held.get(key) == info.segment:
+                    del held[key]
+            if not held:
+                self.keys.pop(info.map, None)
+        await self._save()
+        for info in gone:
+            await self.store.delete(info.segment)
