@@ -210,7 +210,7 @@ class TieredBackend:
                 current = records.get(key)
                 if current is None or record.timestamp > current.timestamp:
                     records[key] = record  # both hold it after a crash mid-archive
-        return LWWSnapshot(name, records)
+        return LWWSnapshot(name, dict(sorted(records.items())))
 
     async def load_keys(self, name: str, keys: Iterable[str]) -> MapSnapshot | None:
         """Those keys, from the wrapped backend; the archived ones (and an archived map)

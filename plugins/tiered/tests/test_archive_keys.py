@@ -1,0 +1,242 @@
+"""Archived keys: the old keys of a live LWW map moved into key segments, read back by
+`load_map` without leaving the archive, restored byte for byte by the next read, write or
+delete that names them, and never taking a write made while they were being archived."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+from topgun_tiered import (
+    Archive,
+    ArchiveCorruptError,
+    DirectoryStore,
+    TieredBackend,
+    TieredOptions,
+)
+
+from topgun.crdt import LWWRecord, ORMapRecord, Timestamp
+from topgun.storage import (
+    AddORRecord,
+    LWWSnapshot,
+    MapInfo,
+    PutRecord,
+    SQLiteBackend,
+    StorageConfigError,
+)
+
+pytestmark = pytest.mark.anyio
+
+OLD = 1_700_000_000_000
+NEW = OLD + 86_400_000
+HORIZON = OLD + 1000
+
+
+def ts(millis: int, counter: int = 0) -> Timestamp:
+    return Timestamp(millis, counter, "n1")
+
+
+CHANGES = [
+    PutRecord("m", "a", LWWRecord({"name": "Ada", "ratio": 1.0, "n": [1, 1.0, True]}, ts(OLD))),
+    PutRecord("m", "b", LWWRecord(b"\x00\xff raw", ts(OLD, 1))),
+    PutRecord("m", "c", LWWRecord("short-lived", ts(OLD, 2), 60_000)),
+    PutRecord("m", "d", LWWRecord("é" * 100, ts(OLD, 3))),
+    PutRecord("m", "gone", LWWRecord(None, ts(OLD, 4))),  # tombstones stay in storage
+    PutRecord("m", "fresh", LWWRecord({"n": 2}, ts(NEW))),  # too new
+]
+ARCHIVABLE = ["a", "b", "c", "d"]
+
+
+class GatedStore(DirectoryStore):
+    """A directory whose segment uploads wait for `go` (after setting `uploading`)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.uploading = anyio.Event()
+        self.go = anyio.Event()
+
+    async def put(self, name: str, data: bytes) -> None:
+        if name.startswith("segments/"):
+            self.uploading.set()
+            await self.go.wait()
+        await super().put(name, data)
+
+
+def open_tiered(data_dir: Path, store: DirectoryStore | None = None) -> TieredBackend:
+    return TieredBackend(
+        SQLiteBackend(data_dir / "topgun.db", synchronous="normal"),
+        TieredOptions(),
+        Archive(store or DirectoryStore(data_dir / "archive")),
+    )
+
+
+async def filled(data_dir: Path, store: DirectoryStore | None = None) -> TieredBackend:
+    backend = open_tiered(data_dir, store)
+    await backend.initialize()
+    await backend.store_batch(CHANGES)
+    return backend
+
+
+async def stored(backend: TieredBackend, name: str = "m") -> dict[str, LWWRecord]:
+    """What the wrapped backend itself holds for map `name`."""
+    snapshot = await backend.inner.load_map(name)
+    assert isinstance(snapshot, LWWSnapshot)
+    return dict(snapshot.records)
+
+
+async def test_old_keys_archive_into_a_key_segment_and_round_trip_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    backend = await filled(tmp_path)
+    before = msgspec.msgpack.encode(await backend.load_map("m"))
+    assert await backend.old_keys("m", HORIZON) == ARCHIVABLE
+    moved = await backend.archive_keys("m", [*ARCHIVABLE, "gone", "fresh"], before_ms=HORIZON)
+    assert moved is not None
+    assert moved.info.keys == ARCHIVABLE
+    assert moved.stamps == {
+        key: c.record.timestamp for c in CHANGES if (key := c.key) in moved.stamps
+    }
+    assert sorted(moved.stamps) == ARCHIVABLE
+    assert sorted(await stored(backend)) == ["fresh", "gone"]  # the map stays live
+    assert await backend.archive_keys("m", ARCHIVABLE) is None  # archived already
+    assert (tmp_path / "archive" / moved.info.segment).stat().st_size == moved.info.stored_bytes
+    # load_map reads archived keys from their segment, which stays archived.
+    assert msgspec.msgpack.encode(await backend.load_map("m")) == before
+    assert backend.archive.keys == {"m": dict.fromkeys(ARCHIVABLE, moved.info.segment)}
+    assert await backend.list_maps() == [MapInfo("m", "lww")]
+    assert await backend.archived_maps() == {}  # not archived whole
+    (status,) = await backend.tier_status()
+    assert (status.tier, status.records, status.archived_keys) == ("storage+archive", 2, 4)
+    assert backend.archived_totals() == (4, moved.info.stored_bytes)
+    await backend.close()
+
+    again = open_tiered(tmp_path)  # the manifest outlives the process
+    await again.initialize()
+    assert again.archive.keys == {"m": dict.fromkeys(ARCHIVABLE, moved.info.segment)}
+    found = await again.load_keys("m", ["b", "fresh"])  # a read restores the segment
+    assert isinstance(found, LWWSnapshot)
+    assert found.records == {"b": CHANGES[1].record, "fresh": CHANGES[5].record}
+    assert again.archive.keys == {}
+    assert again.archive.manifest.key_segments == {}
+    assert not (tmp_path / "archive" / moved.info.segment).exists()
+    assert sorted(await stored(again)) == sorted([*ARCHIVABLE, "gone", "fresh"])
+    assert msgspec.msgpack.encode(await again.load_map("m")) == before
+    assert (again.restores, again.restored_records) == (1, 4)
+    await again.close()
+
+
+async def test_a_write_racing_an_archive_of_its_key_is_never_lost(tmp_path: Path) -> None:
+    """Writes and deletes that land while the segment is uploaded keep their keys in
+    storage; the other keys are archived, and restoring them later takes nothing newer."""
+    store = GatedStore(tmp_path / "archive")
+    backend = await filled(tmp_path, store)
+    newer = LWWRecord("Ada, written while archiving", ts(OLD, 9))
+    result: list[object] = []
+
+    async def archive() -> None:
+        result.append(await backend.archive_keys("m", ARCHIVABLE, before_ms=HORIZON))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(archive)
+        await store.uploading.wait()  # the records are read; the segment is on its way
+        await backend.store_batch([PutRecord("m", "a", newer)])
+        await backend.delete("m", ["b"])
+        store.go.set()
+    (moved,) = result
+    assert moved is not None
+    assert moved.info.keys == ["c", "d"]
+    held = await stored(backend)
+    assert held["a"] == newer
+    assert "b" not in held
+    assert sorted(held) == ["a", "fresh", "gone"]
+    whole = await backend.load_map("m")
+    assert isinstance(whole, LWWSnapshot)
+    assert whole.records["a"] == newer
+    assert "b" not in whole.records
+    assert whole.records["c"] == CHANGES[2].record
+    assert await backend.restore("m") == 2
+    held = await stored(backend)
+    assert held["a"] == newer
+    assert "b" not in held
+    assert held["d"] == CHANGES[3].record
+    await backend.close()
+
+
+async def test_writes_and_deletes_of_archived_keys_restore_their_segment_first(
+    tmp_path: Path,
+) -> None:
+    backend = await filled(tmp_path)
+    await backend.archive_keys("m", ARCHIVABLE)
+    newer = LWWRecord("newer", ts(NEW, 1))
+    await backend.store_batch([PutRecord("m", "a", newer)])
+    assert backend.archive.keys == {}
+    held = await stored(backend)
+    assert held["a"] == newer
+    assert held["b"] == CHANGES[1].record  # the rest of the segment came back too
+    await backend.archive_keys("m", ["b", "c"])
+    stale = LWWRecord("older than the archived record", ts(OLD - 1))
+    await backend.store_batch([PutRecord("m", "b", stale)])
+    assert (await stored(backend))["b"] == CHANGES[1].record  # the merge keeps the newer
+    await backend.archive_keys("m", ["c", "d"])
+    await backend.delete("m", ["c"])
+    whole = await backend.load_map("m")
+    assert isinstance(whole, LWWSnapshot)
+    assert "c" not in whole.records
+    assert whole.records["d"] == CHANGES[3].record
+    assert backend.archive.keys == {}
+    await backend.close()
+
+
+async def test_a_damaged_key_segment_is_an_error_and_the_keys_stay_archived(
+    tmp_path: Path,
+) -> None:
+    backend = await filled(tmp_path)
+    moved = await backend.archive_keys("m", ARCHIVABLE)
+    assert moved is not None
+    segment = tmp_path / "archive" / moved.info.segment
+    good = segment.read_bytes()
+    segment.write_bytes(good[:-3] + b"xyz")
+    with pytest.raises(ArchiveCorruptError, match="is damaged"):
+        await backend.load_keys("m", ["a"])
+    with pytest.raises(ArchiveCorruptError, match="is damaged"):
+        await backend.load_map("m")
+    assert sorted(backend.archive.keys["m"]) == ARCHIVABLE
+    segment.unlink()
+    with pytest.raises(ArchiveCorruptError, match="is missing"):
+        await backend.store_batch([PutRecord("m", "a", LWWRecord("x", ts(NEW)))])
+    assert "a" not in await stored(backend)  # the write was not applied either
+    segment.write_bytes(good)
+    found = await backend.load_keys("m", ["a"])
+    assert isinstance(found, LWWSnapshot)
+    assert found.records["a"] == CHANGES[0].record
+    await backend.close()
+
+
+async def test_archiving_a_map_whole_takes_its_key_segments_in(tmp_path: Path) -> None:
+    backend = await filled(tmp_path)
+    before = msgspec.msgpack.encode(await backend.load_map("m"))
+    keys = await backend.archive_keys("m", ARCHIVABLE)
+    assert keys is not None
+    info = await backend.archive_map("m")
+    assert info.records == len(CHANGES)
+    assert backend.archive.manifest.key_segments == {}
+    assert not (tmp_path / "archive" / keys.info.segment).exists()
+    assert await backend.archived_maps() == {"m": "lww"}
+    assert await backend.restore("m") == len(CHANGES)
+    assert msgspec.msgpack.encode(await backend.load_map("m")) == before
+    await backend.close()
+
+
+async def test_only_lww_maps_have_keys_archived(tmp_path: Path) -> None:
+    backend = await filled(tmp_path)
+    tag = str(ts(OLD))
+    await backend.store_batch([AddORRecord("tags", "t", ORMapRecord("red", ts(OLD), tag))])
+    with pytest.raises(StorageConfigError, match="is an OR-Map"):
+        await backend.archive_keys("tags", ["t"])
+    await backend.archive_map("tags")
+    with pytest.raises(StorageConfigError, match="archived whole"):
+        await backend.archive_keys("tags", ["t"])
+    assert await backend.archive_keys("m", ["nope"]) is None
+    await backend.close()
