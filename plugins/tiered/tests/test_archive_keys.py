@@ -20,6 +20,7 @@ from topgun_tiered import (
 from topgun.crdt import LWWRecord, ORMapRecord, Timestamp
 from topgun.storage import (
     AddORRecord,
+    DeleteKey,
     LWWSnapshot,
     MapInfo,
     PutRecord,
@@ -181,9 +182,12 @@ async def test_writes_and_deletes_of_archived_keys_restore_their_segment_first(
     assert (await stored(backend))["b"] == CHANGES[1].record  # the merge keeps the newer
     await backend.archive_keys("m", ["c", "d"])
     await backend.delete("m", ["c"])
+    await backend.archive_keys("m", ["a", "d"])
+    await backend.store_batch([DeleteKey("m", "a")])
     whole = await backend.load_map("m")
     assert isinstance(whole, LWWSnapshot)
     assert "c" not in whole.records
+    assert "a" not in whole.records
     assert whole.records["d"] == CHANGES[3].record
     assert backend.archive.keys == {}
     await backend.close()

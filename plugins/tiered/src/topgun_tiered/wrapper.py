@@ -36,6 +36,7 @@ from topgun.storage import (
     BackendConfig,
     Change,
     DeferredDurability,
+    DeleteKey,
     LWWSnapshot,
     MapInfo,
     MapKind,
@@ -251,7 +252,7 @@ class TieredBackend:
                         continue
                     name = change.map_name
                     await self._restore_map(name)
-                    if isinstance(change, PutRecord | PruneRecord):
+                    if isinstance(change, PutRecord | PruneRecord | DeleteKey):
                         await self._restore_segments(archive.segments_of(name, [change.key]))
                         self._race(name, [change.key])
             await self.inner.store_batch(changes)
