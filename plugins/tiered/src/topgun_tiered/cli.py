@@ -130,18 +130,17 @@ def status(
         budget = backend.memory_budget
         console = Console()
         table = Table(title="maps")
-        for column in ("map", "kind", "tier", "records", "bytes", "newest write (UTC)"):
-            table.add_column(column, justify="right" if column in ("records", "bytes") else "left")
+        numbers = ("records", "bytes", "archived keys")
+        for column in ("map", "kind", "tier", *numbers, "newest write (UTC)"):
+            table.add_column(column, justify="right" if column in numbers else "left")
         for found in maps:
-            tier = found.tier
-            if found.archived_keys:
-                tier += f" ({found.archived_keys:,} keys, {_size(found.archived_bytes)})"
             table.add_row(
                 found.name,
                 found.kind,
-                tier,
+                found.tier,
                 f"{found.records:,}",
                 _size(found.bytes),
+                f"{found.archived_keys:,}",
                 _when(found.newest_millis),
             )
         console.print(table)
