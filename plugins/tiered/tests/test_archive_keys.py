@@ -95,7 +95,7 @@ async def test_old_keys_archive_into_a_key_segment_and_round_trip_byte_for_byte(
     assert await backend.old_keys("m", HORIZON) == ARCHIVABLE
     moved = await backend.archive_keys("m", [*ARCHIVABLE, "gone", "fresh"], before_ms=HORIZON)
     assert moved is not None
-    assert moved.info.keys == ARCHIVABLE
+    assert moved.keys == ARCHIVABLE
     assert moved.stamps == {
         key: c.record.timestamp for c in CHANGES if (key := c.key) in moved.stamps
     }
@@ -103,6 +103,10 @@ async def test_old_keys_archive_into_a_key_segment_and_round_trip_byte_for_byte(
     assert sorted(await stored(backend)) == ["fresh", "gone"]  # the map stays live
     assert await backend.archive_keys("m", ARCHIVABLE) is None  # archived already
     assert (tmp_path / "archive" / moved.info.segment).stat().st_size == moved.info.stored_bytes
+    assert (moved.info.count, moved.info.first_key, moved.info.last_key) == (4, "a", "d")
+    manifest = (tmp_path / "archive" / "manifest.json").read_text()
+    assert '"b"' not in manifest  # keys are listed in the key index, not the manifest
+    assert (tmp_path / "archive" / moved.info.index).is_file()
     # load_map reads archived keys from their segment, which stays archived.
     assert msgspec.msgpack.encode(await backend.load_map("m")) == before
     assert backend.archive.keys == {"m": dict.fromkeys(ARCHIVABLE, moved.info.segment)}
@@ -147,7 +151,7 @@ async def test_a_write_racing_an_archive_of_its_key_is_never_lost(tmp_path: Path
         store.go.set()
     (moved,) = result
     assert moved is not None
-    assert moved.info.keys == ["c", "d"]
+    assert moved.keys == ["c", "d"]
     held = await stored(backend)
     assert held["a"] == newer
     assert "b" not in held
@@ -199,6 +203,15 @@ async def test_a_damaged_key_segment_is_an_error_and_the_keys_stay_archived(
     backend = await filled(tmp_path)
     moved = await backend.archive_keys("m", ARCHIVABLE)
     assert moved is not None
+    await backend.close()
+    index = tmp_path / "archive" / moved.info.index
+    listed = index.read_bytes()
+    index.write_bytes(listed[:-2] + b"zz")
+    with pytest.raises(ArchiveCorruptError, match="key index .* is damaged"):
+        await open_tiered(tmp_path).initialize()
+    index.write_bytes(listed)
+    backend = open_tiered(tmp_path)
+    await backend.initialize()
     segment = tmp_path / "archive" / moved.info.segment
     good = segment.read_bytes()
     segment.write_bytes(good[:-3] + b"xyz")

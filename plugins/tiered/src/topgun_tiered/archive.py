@@ -2,7 +2,9 @@
 
 A segment holds either a whole archived map (`archive_map`, listed under `maps`) or some
 keys of an LWW map that stays live in storage for its other keys (a *key segment*, listed
-under `key_segments` with the keys it holds). It is the msgpack of a map snapshot
+under `key_segments` with its key range and count; the sorted list of its keys is a small
+*key index* object beside it, read when the archive opens, so the manifest stays small
+however many keys are archived). A segment is the msgpack of a map snapshot
 (`LWWSnapshot` or `ORSnapshot`), with every record as an array of value, timestamp parts
 and TTL (an integer TTL stays an integer), so restoring gives back the same records,
 values and timestamps byte for byte. The manifest (`manifest.json`) names each segment
@@ -66,11 +68,17 @@ class KeySegmentInfo(msgspec.Struct, frozen=True):
 
     map: str
     segment: str
-    """The object holding them."""
+    """The object holding their records."""
     sha256: str
     """Of the compressed segment."""
-    keys: list[str]
-    """The keys it holds, sorted: only these are read back from it."""
+    index: str
+    """The key index: the object listing the keys it holds (only these are read back)."""
+    index_sha256: str
+    count: int
+    """How many keys it holds..."""
+    first_key: str
+    last_key: str
+    """...from this one to this one (sorted; other keys of the map lie between)."""
     raw_bytes: int
     stored_bytes: int
     newest_millis: int
@@ -179,7 +187,9 @@ class Archive:
         encrypting codec encrypts the archive too), bound to the map's name."""
         self.manifest = Manifest()
         self.keys: dict[str, dict[str, str]] = {}
-        """Map -> archived key -> the key segment holding it (the manifest, indexed)."""
+        """Map -> archived key -> the key segment holding it (from the key indexes)."""
+        self._segment_keys: dict[str, list[str]] = {}
+        """Key segment -> the keys it holds."""
 
     async def open(self) -> None:
         """Open the store and read the manifest (an empty one if there is none yet)."""
@@ -187,7 +197,7 @@ class Archive:
         data = await self.store.get(MANIFEST)
         if data is None:
             self.manifest = Manifest()
-            self.keys = {}
+            self.keys, self._segment_keys = {}, {}
             return
         try:
             manifest = msgspec.json.decode(data, type=Manifest)
@@ -201,14 +211,43 @@ class Archive:
                 f"{manifest.format}; this version reads up to {FORMAT}"
             )
         self.manifest = manifest
-        self.keys = {}
+        self.keys, self._segment_keys = {}, {}
         for info in manifest.key_segments.values():
-            self._index(info)
+            self._index(info, await self._read_index(info))
 
-    def _index(self, info: KeySegmentInfo) -> None:
+    def _index(self, info: KeySegmentInfo, keys: list[str]) -> None:
+        self._segment_keys[info.segment] = keys
         held = self.keys.setdefault(info.map, {})
-        for key in info.keys:
+        for key in keys:
             held[key] = info.segment
+
+    def _unindex(self, info: KeySegmentInfo) -> None:
+        held = self.keys.get(info.map, {})
+        for key in self._segment_keys.pop(info.segment, ()):
+            if held.get(key) == info.segment:
+                del held[key]
+        if not held:
+            self.keys.pop(info.map, None)
+
+    async def _read_index(self, info: KeySegmentInfo) -> list[str]:
+        where = f"{self.store.description}{info.index}"
+        data = await self.store.get(info.index)
+        if data is None:
+            raise ArchiveCorruptError(f"key index {where} of map {info.map!r} is missing")
+        if hashlib.sha256(data).hexdigest() != info.index_sha256:
+            raise ArchiveCorruptError(f"key index {where} of map {info.map!r} is damaged")
+        data = self.codecs.decode(data, _context(info.map))
+        try:
+            keys = msgspec.msgpack.decode(
+                zstandard.ZstdDecompressor().decompress(data), type=list[str]
+            )
+        except (zstandard.ZstdError, msgspec.DecodeError) as exc:
+            raise ArchiveCorruptError(f"key index {where} is damaged: {exc}") from None
+        if len(keys) != info.count or (
+            keys and (keys[0], keys[-1]) != (info.first_key, info.last_key)
+        ):
+            raise ArchiveCorruptError(f"key index {where} does not match the manifest")
+        return keys
 
     async def close(self) -> None:
         await self.store.close()
@@ -231,7 +270,7 @@ class Archive:
         await self.store.put(MANIFEST, data)
 
     async def _write(self, name: str, raw: bytes, suffix: str) -> tuple[str, str, int]:
-        """Compress, encode and store `raw` as a new segment of map `name`, checked by
+        """Compress, encode and store `raw` as a new object of map `name`, checked by
         reading it back; returns (object name, SHA-256, stored bytes)."""
         compressed = zstandard.ZstdCompressor(level=self.level).compress(raw)
         compressed = self.codecs.encode(compressed, _context(name))
@@ -284,15 +323,15 @@ class Archive:
         )
         replaced = self.manifest.maps.get(name)
         self.manifest.maps[name] = info
-        superseded = self.segments_of(name)
-        for old in superseded:
-            del self.manifest.key_segments[old]
-        self.keys.pop(name, None)
+        superseded = [self.manifest.key_segments.pop(old) for old in self.segments_of(name)]
+        for old_info in superseded:
+            self._unindex(old_info)
         await self._save()
         if replaced is not None and replaced.segment != segment:
             await self.store.delete(replaced.segment)
-        for old in superseded:
-            await self.store.delete(old)
+        for old_info in superseded:
+            await self.store.delete(old_info.segment)
+            await self.store.delete(old_info.index)
         return info
 
     async def read(self, name: str) -> MapSnapshot:
@@ -315,58 +354,85 @@ class Archive:
     # -- key segments ---------------------------------------------------------------------
 
     async def write_keys(self, snapshot: LWWSnapshot, now_ms: int) -> KeySegmentInfo:
-        """Write some records of an LWW map as a key segment, checked by reading it back;
-        not listed yet (`list_keys` does that, for the keys that may leave storage)."""
+        """Write some records of an LWW map as a key segment and its key index, checked by
+        reading them back; not listed yet (`list_keys` does that, for the keys that may
+        leave storage)."""
         raw = encode_segment(snapshot)
         segment, digest, stored = await self._write(snapshot.name, raw, ".keys.zst")
-        return KeySegmentInfo(
+        info = KeySegmentInfo(
             map=snapshot.name,
             segment=segment,
             sha256=digest,
-            keys=sorted(snapshot.records),
+            index="",
+            index_sha256="",
+            count=0,
+            first_key="",
+            last_key="",
             raw_bytes=len(raw),
             stored_bytes=stored,
             newest_millis=newest_millis(snapshot),
             archived_at_ms=now_ms,
         )
+        return await self._write_index(info, sorted(snapshot.records))
 
-    async def list_keys(self, info: KeySegmentInfo) -> None:
-        """List key segment `info` in the manifest (a segment listing no key is deleted)."""
-        if not info.keys:
+    async def _write_index(self, info: KeySegmentInfo, keys: list[str]) -> KeySegmentInfo:
+        """`info` with a new key index listing `keys` (sorted, not empty)."""
+        raw = msgspec.msgpack.encode(keys)
+        index, digest, _ = await self._write(info.map, raw, ".idx")
+        return msgspec.structs.replace(
+            info,
+            index=index,
+            index_sha256=digest,
+            count=len(keys),
+            first_key=keys[0],
+            last_key=keys[-1],
+        )
+
+    def keys_of(self, segment: str) -> list[str]:
+        """The keys listed key segment `segment` holds."""
+        return list(self._segment_keys[segment])
+
+    async def list_keys(self, info: KeySegmentInfo, keys: list[str]) -> KeySegmentInfo | None:
+        """List key segment `info` in the manifest for `keys`, some of the keys it was
+        written with (the key index is rewritten if fewer); none: it is deleted."""
+        written = info.index
+        if keys and len(keys) != info.count:
+            info = await self._write_index(info, sorted(keys))
+        if info.index != written or not keys:
+            await self.store.delete(written)
+        if not keys:
             await self.store.delete(info.segment)
-            return
+            return None
         self.manifest.key_segments[info.segment] = info
-        self._index(info)
+        self._index(info, sorted(keys))
         await self._save()
+        return info
 
     async def read_keys(self, segment: str) -> LWWSnapshot:
-        """The records key segment `segment` holds for the keys the manifest lists."""
+        """The records key segment `segment` holds for the keys its index lists."""
         info = self.manifest.key_segments[segment]
         snapshot = await self._read(info.map, segment, info.sha256)
         if not isinstance(snapshot, LWWSnapshot):
             raise ArchiveCorruptError(
                 f"key segment {self.store.description}{segment} does not hold an LWW map"
             )
-        missing = [key for key in info.keys if key not in snapshot.records]
+        keys = self._segment_keys[segment]
+        missing = [key for key in keys if key not in snapshot.records]
         if missing:
             raise ArchiveCorruptError(
                 f"key segment {self.store.description}{segment} of map {info.map!r} lacks "
-                f"the keys {missing[:5]} the manifest lists"
+                f"the keys {missing[:5]} its index lists"
             )
-        return LWWSnapshot(info.map, {key: snapshot.records[key] for key in info.keys})
+        return LWWSnapshot(info.map, {key: snapshot.records[key] for key in keys})
 
     async def remove_keys(self, segments: Iterable[str]) -> None:
-        """Stop listing these key segments, then delete them."""
+        """Stop listing these key segments, then delete them and their key indexes."""
         gone = [self.manifest.key_segments.pop(segment) for segment in segments]
         if not gone:
             return
         for info in gone:
-            held = self.keys.get(info.map, {})
-            for key in info.keys:
-                if held.get(key) == info.segment:
-                    del held[key]
-            if not held:
-                self.keys.pop(info.map, None)
+            self._unindex(info)
         await self._save()
         for info in gone:
             await self.store.delete(info.segment)
+            await self.store.delete(info.index)

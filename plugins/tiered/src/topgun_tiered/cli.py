@@ -244,7 +244,7 @@ def archive(
                     done = await backend.archive_keys(
                         name, keys[start : start + step], before_ms=horizon
                     )
-                    moved += 0 if done is None else len(done.info.keys)
+                    moved += 0 if done is None else len(done.keys)
                     progress.advance(task, len(keys[start : start + step]))
         console.print(
             f"archived {len(whole)} map(s) and {moved:,} key(s) of {len(old)} map(s) to "
@@ -331,7 +331,7 @@ def restore(
         manifest = backend.archive.manifest
         archived = {name: info.records for name, info in manifest.maps.items()}
         for info in manifest.key_segments.values():
-            archived[info.map] = archived.get(info.map, 0) + len(info.keys)
+            archived[info.map] = archived.get(info.map, 0) + info.count
         chosen = sorted(archived) if restore_all else list(names)
         unknown = [name for name in chosen if name not in archived]
         if unknown:

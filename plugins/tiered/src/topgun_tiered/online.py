@@ -131,7 +131,7 @@ class ServerArchiver:
             )
             if moved is None:
                 continue
-            progress.keys += len(moved.info.keys)
+            progress.keys += len(moved.keys)
             progress.segments += 1
             progress.bytes += moved.info.stored_bytes
             progress.evicted += maps.evict_stored(name, moved.stamps)

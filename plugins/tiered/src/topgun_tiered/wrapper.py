@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -94,10 +94,11 @@ class MapStatus:
 
 @dataclass(frozen=True, slots=True)
 class ArchivedKeys:
-    """What one `archive_keys` moved: its key segment and each key's timestamp."""
+    """What one `archive_keys` moved: its key segment, and its keys with their timestamps."""
 
     info: KeySegmentInfo
-    stamps: dict[str, Timestamp] = field(default_factory=dict)
+    keys: list[str]
+    stamps: dict[str, Timestamp]
 
 
 def store_for(options: TieredOptions, data_dir: Path) -> ObjectStore:
@@ -402,16 +403,16 @@ class TieredBackend:
             }
             if not records:
                 return None
-            info = await self.archive.write_keys(LWWSnapshot(name, records), self.now_ms())
+            written = await self.archive.write_keys(LWWSnapshot(name, records), self.now_ms())
             async with self._lock:
                 raced = self._raced[name]
-                kept = [key for key in info.keys if key not in raced]
-                info = msgspec.structs.replace(info, keys=kept)
-                await self.archive.list_keys(info)
-                if kept:
-                    await self.inner.delete(name, kept)
-                    self._moves += 1
-            return ArchivedKeys(info, {key: records[key].timestamp for key in kept})
+                kept = [key for key in sorted(records) if key not in raced]
+                info = await self.archive.list_keys(written, kept)
+                if info is None:
+                    return None
+                await self.inner.delete(name, kept)
+                self._moves += 1
+            return ArchivedKeys(info, kept, {key: records[key].timestamp for key in kept})
         finally:
             self._archiving.pop(name, None)
             self._raced.pop(name, None)
@@ -482,7 +483,7 @@ class TieredBackend:
         """(records, compressed bytes) in the archive: whole maps and key segments."""
         manifest = self.archive.manifest
         records = sum(info.records for info in manifest.maps.values())
-        records += sum(len(info.keys) for info in manifest.key_segments.values())
+        records += sum(info.count for info in manifest.key_segments.values())
         stored = sum(info.stored_bytes for info in manifest.maps.values())
         stored += sum(info.stored_bytes for info in manifest.key_segments.values())
         return records, stored
@@ -513,7 +514,7 @@ class TieredBackend:
                 stored,
                 0 if snapshot is None else len(msgspec.msgpack.encode(snapshot)),
                 newest,
-                archived_keys=sum(len(segment.keys) for segment in segments),
+                archived_keys=sum(segment.count for segment in segments),
                 archived_bytes=sum(segment.stored_bytes for segment in segments),
             )
         for name, segment in self.archive.manifest.maps.items():
