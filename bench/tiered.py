@@ -322,14 +322,14 @@ async def archived_keys_lines(workdir: Path, *, small: bool) -> None:
         start += count
     archive_seconds = time.perf_counter() - archived_at
     keys, stored = tiered.archived_totals()
-    print(
-        f"{'':40} ({keys:,} keys archived in {archive_seconds:.1f}s, "
-        f"{stored / MIB:,.1f} MiB of segments)"
-    )
     for size, picked in firsts.items():
         samples = await timed([lambda k=k: bench.read("aged", k) for k in picked])
         label = f"archived key: restore {size:,} keys + read"
         print(f"{label:40} {percentiles(samples)}  ({len(picked)} reads)")
+    print(
+        f"(archived keys of one live map: {keys:,} archived in {archive_seconds:.1f}s, "
+        f"{stored / MIB:,.1f} MiB of segments; each read restores its key's segment)"
+    )
     await backend.close()
 
 
