@@ -4,6 +4,7 @@ delete that names them, and never taking a write made while they were being arch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -20,6 +21,7 @@ from topgun_tiered import (
 from topgun.crdt import LWWRecord, ORMapRecord, Timestamp
 from topgun.storage import (
     AddORRecord,
+    Change,
     DeleteKey,
     LWWSnapshot,
     MapInfo,
@@ -169,6 +171,51 @@ async def test_a_write_racing_an_archive_of_its_key_is_never_lost(tmp_path: Path
     await backend.close()
 
 
+class SlowSQLite(SQLiteBackend):
+    """SQLite whose transactions wait for `go` once `gate` is set (after `entered`)."""
+
+    gate = False
+    entered = anyio.Event()
+    go = anyio.Event()
+
+    async def store_batch(self, changes: Sequence[Change]) -> None:
+        if self.gate:
+            self.entered.set()
+            await self.go.wait()
+        await super().store_batch(changes)
+
+
+async def test_a_write_in_flight_when_archiving_starts_is_never_lost(tmp_path: Path) -> None:
+    """With nothing archived writes take no lock; archiving waits for those in flight
+    before it reads what it moves."""
+    inner = SlowSQLite(tmp_path / "topgun.db", synchronous="normal")
+    inner.entered, inner.go = anyio.Event(), anyio.Event()
+    backend = TieredBackend(inner, TieredOptions(), Archive(DirectoryStore(tmp_path / "a")))
+    await backend.initialize()
+    await backend.store_batch(CHANGES)
+    newer = LWWRecord("Ada, in flight", ts(OLD, 9))
+    result: list[object] = []
+    async with anyio.create_task_group() as tg:
+        inner.gate = True
+        tg.start_soon(backend.store_batch, [PutRecord("m", "a", newer)])
+        await inner.entered.wait()  # the write is in flight, without the lock
+        inner.gate = False
+
+        async def archive() -> None:
+            result.append(await backend.archive_keys("m", ARCHIVABLE, before_ms=HORIZON))
+
+        tg.start_soon(archive)
+        await anyio.wait_all_tasks_blocked()
+        assert result == []  # archiving waits for the write
+        inner.go.set()
+    whole = await backend.load_map("m")
+    assert isinstance(whole, LWWSnapshot)
+    assert whole.records["a"] == newer
+    await backend.restore("m")
+    assert (await stored(backend))["a"] == newer
+    await backend.close()
+
+
 async def test_writes_and_deletes_of_archived_keys_restore_their_segment_first(
     tmp_path: Path,
 ) -> None:
@@ -207,7 +254,7 @@ async def test_a_damaged_key_segment_is_an_error_and_the_keys_stay_archived(
     index = tmp_path / "archive" / moved.info.index
     listed = index.read_bytes()
     index.write_bytes(listed[:-2] + b"zz")
-    with pytest.raises(ArchiveCorruptError, match="key index .* is damaged"):
+    with pytest.raises(ArchiveCorruptError, match=r"key index .* is damaged"):
         await open_tiered(tmp_path).initialize()
     index.write_bytes(listed)
     backend = open_tiered(tmp_path)

@@ -146,6 +146,9 @@ class TieredBackend:
         """Map -> the keys an `archive_keys` is moving now."""
         self._raced: dict[str, set[str]] = {}
         """Map -> the keys among those that were written or deleted meanwhile."""
+        self._unlocked = 0
+        """`store_batch` calls running without the lock (nothing was archived)."""
+        self._drained: anyio.Event | None = None
         self._moves = 0
         """Counts key segments listed or restored (a `load_keys` that raced one re-reads)."""
         self.restores = 0
@@ -245,8 +248,19 @@ class TieredBackend:
         """Forward `changes`; an archived map or key they touch is restored first, and a
         key an `archive_keys` is moving stays in the backend."""
         self._check_open()
+        archive = self.archive
+        if not (self._lock.locked() or archive.manifest.maps or archive.keys or self._archiving):
+            # Nothing archived, nothing being moved: no lock (whoever starts moving
+            # takes the lock, then waits for these to finish).
+            self._unlocked += 1
+            try:
+                await self.inner.store_batch(changes)
+            finally:
+                self._unlocked -= 1
+                if not self._unlocked and self._drained is not None:
+                    self._drained.set()
+            return
         async with self._lock:
-            archive = self.archive
             if archive.manifest.maps or archive.keys or self._archiving:
                 for change in changes:
                     if isinstance(change, PutMeta):
@@ -266,6 +280,14 @@ class TieredBackend:
             await self._restore_segments(self.archive.segments_of(name, doomed))
             self._race(name, doomed)
             await self.inner.delete(name, doomed)
+
+    async def _drain(self) -> None:
+        """Wait until no `store_batch` runs without the lock (call it once new ones take
+        it: holding the lock, or with a move registered in `_archiving`)."""
+        while self._unlocked:
+            if self._drained is None or self._drained.is_set():
+                self._drained = anyio.Event()
+            await self._drained.wait()
 
     def _race(self, name: str, keys: Iterable[str]) -> None:
         moving = self._archiving.get(name)
@@ -354,6 +376,7 @@ class TieredBackend:
         async with self._lock:
             if name in self.archive.manifest.maps:
                 raise StorageConfigError(f"map {name!r} is archived already")
+            await self._drain()
             snapshot = await self._load_whole(name)
             if snapshot is None:
                 raise StorageConfigError(f"map {name!r} is not stored")
@@ -389,6 +412,7 @@ class TieredBackend:
                 return None
             self._archiving[name], self._raced[name] = set(wanted), set()
         try:
+            await self._drain()
             snapshot = await self.inner.load_keys(name, wanted)
             if snapshot is not None and not isinstance(snapshot, LWWSnapshot):
                 raise StorageConfigError(
