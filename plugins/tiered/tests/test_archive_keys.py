@@ -4,7 +4,7 @@ delete that names them, and never taking a write made while they were being arch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import anyio
@@ -24,6 +24,7 @@ from topgun.storage import (
     Change,
     DeleteKey,
     LWWSnapshot,
+    MapSnapshot,
     MapInfo,
     PutRecord,
     SQLiteBackend,
@@ -213,6 +214,49 @@ async def test_a_write_in_flight_when_archiving_starts_is_never_lost(tmp_path: P
     assert whole.records["a"] == newer
     await backend.restore("m")
     assert (await stored(backend))["a"] == newer
+    await backend.close()
+
+
+class SlowReads(SQLiteBackend):
+    """SQLite whose next `load_keys` waits for `go` (after setting `entered`)."""
+
+    entered = anyio.Event()
+    go = anyio.Event()
+    gate = False
+
+    async def load_keys(self, name: str, keys: Iterable[str]) -> MapSnapshot | None:
+        if self.gate:
+            self.gate = False
+            self.entered.set()
+            await self.go.wait()
+        return await super().load_keys(name, keys)
+
+
+async def test_a_read_that_misses_keys_archived_meanwhile_asks_again(tmp_path: Path) -> None:
+    """A cold load reading the backend while its keys leave for a segment finds them
+    there: it sees the move and restores them."""
+    inner = SlowReads(tmp_path / "topgun.db", synchronous="normal")
+    inner.entered, inner.go = anyio.Event(), anyio.Event()
+    backend = TieredBackend(inner, TieredOptions(), Archive(DirectoryStore(tmp_path / "a")))
+    await backend.initialize()
+    await backend.store_batch(CHANGES)
+    found: list[MapSnapshot | None] = []
+
+    async def read() -> None:
+        found.append(await backend.load_keys("m", ["a"]))
+
+    async with anyio.create_task_group() as tg:
+        inner.gate = True
+        tg.start_soon(read)
+        await inner.entered.wait()  # the read is about to ask the backend
+        moved = await backend.archive_keys("m", ARCHIVABLE)
+        assert moved is not None
+        assert moved.keys == ARCHIVABLE
+        inner.go.set()
+    (snapshot,) = found
+    assert isinstance(snapshot, LWWSnapshot)
+    assert snapshot.records == {"a": CHANGES[0].record}
+    assert backend.restores == 1
     await backend.close()
 
 

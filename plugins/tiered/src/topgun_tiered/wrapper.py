@@ -222,11 +222,11 @@ class TieredBackend:
         are restored into it first."""
         self._check_open()
         wanted = list(keys)
+        moves = self._moves  # before the index is looked at: see `archive_keys`
         if name in self.archive.manifest.maps or self.archive.segments_of(name, wanted):
             async with self._lock:
                 await self._restore_map(name)
                 await self._restore_segments(self.archive.segments_of(name, wanted))
-        moves = self._moves
         snapshot = await self.inner.load_keys(name, wanted)
         if moves == self._moves or not isinstance(snapshot, LWWSnapshot):
             return snapshot
@@ -434,8 +434,10 @@ class TieredBackend:
                 info = await self.archive.list_keys(written, kept)
                 if info is None:
                     return None
-                await self.inner.delete(name, kept)
+                # Listed, and counted before they leave: a `load_keys` that misses them
+                # either saw them listed or sees the count move, and asks again.
                 self._moves += 1
+                await self.inner.delete(name, kept)
             return ArchivedKeys(info, kept, {key: records[key].timestamp for key in kept})
         finally:
             self._archiving.pop(name, None)
