@@ -21,6 +21,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any, Final, Literal
 
+import anyio
 import msgspec
 import zstandard
 
@@ -33,10 +34,13 @@ from topgun.storage import (
     MapSnapshot,
     ORSnapshot,
     StorageCorruptError,
+    StorageError,
 )
 from topgun_tiered.stores import ObjectStore
 
 MANIFEST: Final = "manifest.json"
+INDEX_READS: Final = 16
+"""Key indexes read at the same time when the archive opens."""
 FORMAT: Final = 2
 """1: whole maps only; 2: key segments too (a format-1 manifest reads as one without)."""
 
@@ -212,8 +216,31 @@ class Archive:
             )
         self.manifest = manifest
         self.keys, self._segment_keys = {}, {}
-        for info in manifest.key_segments.values():
-            self._index(info, await self._read_index(info))
+        for info, keys in await self._read_indexes(list(manifest.key_segments.values())):
+            self._index(info, keys)
+
+    async def _read_indexes(
+        self, infos: list[KeySegmentInfo]
+    ) -> list[tuple[KeySegmentInfo, list[str]]]:
+        """Every key index of `infos`, read `INDEX_READS` at a time (one GET each on S3);
+        the first failure is raised."""
+        found: dict[str, list[str]] = {}
+        failures: list[StorageError] = []
+        limiter = anyio.CapacityLimiter(INDEX_READS)
+
+        async def read(info: KeySegmentInfo) -> None:
+            async with limiter:
+                try:
+                    found[info.segment] = await self._read_index(info)
+                except StorageError as exc:
+                    failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for info in infos:
+                tg.start_soon(read, info)
+        if failures:
+            raise failures[0]
+        return [(info, found[info.segment]) for info in infos]
 
     def _index(self, info: KeySegmentInfo, keys: list[str]) -> None:
         self._segment_keys[info.segment] = keys
