@@ -52,12 +52,19 @@ class ServerArchiver:
     """The archiver of one running server whose storage is `TieredBackend`."""
 
     def __init__(self, server: Any, backend: TieredBackend) -> None:
-        self.server = server
+        self._server = weakref.ref(server)  # `_archivers` is keyed weakly by the server
         self.backend = backend
         self.current: ArchivePass | None = None
         """The latest pass (running or finished)."""
         self.passes = 0
         """Passes finished since the server started."""
+
+    @property
+    def server(self) -> Any:
+        server = self._server()
+        if server is None:
+            raise RuntimeError("the server of this archiver is gone")
+        return server
 
     @property
     def running(self) -> bool:
