@@ -291,6 +291,15 @@ def test_archive_with_url_drives_a_running_server_with_a_progress_bar(
             tg.start_soon(
                 lambda: host(create_app(server), listener, config, shutdown_trigger=stopped)
             )
+            admin = {"Authorization": f"Bearer {token(['ADMIN'])}"}
+            async with httpx.AsyncClient() as http:
+                endpoint = url + "/admin/tier/archive"
+                none_yet = await http.get(endpoint, headers=admin)
+                bad = await http.post(endpoint, headers=admin, json={"older_than": "soon"})
+                anonymous = await http.get(endpoint)
+            assert none_yet.status_code == 404
+            assert (bad.status_code, "Bad archive request" in bad.text) == (400, True)
+            assert anonymous.status_code == 401
             args = ["tier", "archive", "--url", url, "--token", token(["ADMIN"])]
             done = await anyio.to_thread.run_sync(lambda: runner.invoke(cli, args))
             user = ["tier", "archive", "--url", url, "--token", token(["USER"])]
