@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -29,6 +30,7 @@ from topgun.storage import (
     PutRecord,
     SQLiteBackend,
     StorageConfigError,
+    open_storage,
 )
 
 pytestmark = pytest.mark.anyio
@@ -348,3 +350,47 @@ async def test_only_lww_maps_have_keys_archived(tmp_path: Path) -> None:
         await backend.archive_keys("tags", ["t"])
     assert await backend.archive_keys("m", ["nope"]) is None
     await backend.close()
+
+
+async def test_archived_keys_round_trip_over_write_behind(tmp_path: Path, kit: Any) -> None:
+    """Over a write-behind backend (writes acknowledged before they are durable) archived
+    keys leave, come back, and survive a reopen exactly."""
+
+    def open_backend() -> TieredBackend:
+        backend = open_storage(
+            kit.plugin_manager(),
+            data_dir=tmp_path,
+            backend="sqlite",
+            wrappers=["write-behind", "tiered"],
+            wrapper_options={"tiered": {}},
+        )
+        assert isinstance(backend, TieredBackend)
+        return backend
+
+    backend = open_backend()
+    await backend.initialize()
+    await backend.store_batch(CHANGES)
+    moved = await backend.archive_keys("m", ARCHIVABLE, before_ms=HORIZON)
+    assert moved is not None
+    assert moved.keys == ARCHIVABLE
+    newer = LWWRecord("newer", ts(NEW, 5))
+    await backend.store_batch([PutRecord("m", "fresh", newer)])  # not archived: no restore
+    await backend.close()
+
+    again = open_backend()
+    await again.initialize()
+    assert sorted(again.archive.keys["m"]) == ARCHIVABLE
+    held = await again.inner.load_map("m")
+    assert held is not None
+    assert sorted(held.records) == ["fresh", "gone"]
+    found = await again.load_keys("m", ["c"])
+    assert isinstance(found, LWWSnapshot)
+    assert found.records["c"] == CHANGES[2].record
+    await again.store_batch([PutRecord("m", "fresh", CHANGES[5].record)])  # older: kept
+    whole = await again.load_map("m")
+    assert isinstance(whole, LWWSnapshot)
+    assert whole.records["fresh"] == newer
+    assert {k: whole.records[k] for k in ARCHIVABLE} == {
+        c.key: c.record for c in CHANGES if c.key in ARCHIVABLE
+    }
+    await again.close()
