@@ -10,7 +10,8 @@ values are 5x the budget (1 KiB values), then:
    hot hits; cold loads from SQLite; cold loads from PostgreSQL when a `postgres` storage
    plugin is installed and PostgreSQL is reachable (else the line says why not); first
    reads of archived maps (restore of a 1,000-key map from the archive directory, then
-   the read);
+   the read); first reads of archived keys of a live map (restore of the key's 100- or
+   1,000-key segment, then the read; the manifest lists every archived key);
 2. the write path with and without the wrapper: ops per CPU-second of the server's write
    pipeline (the journal on, so a write to a cold key loads its old value), with no
    tiering, with a budget never reached, and with a 200 KiB budget that evicts;
@@ -216,6 +217,7 @@ async def run(budget_mib: int, reads: int, workdir: Path) -> None:
     print(f"{'cold load, SQLite':40} {percentiles(samples)}")
     await postgres_line(reads, workdir)
     await archive_line(workdir)
+    await archived_keys_lines(workdir, small=budget_mib <= 4)
 
     await backend.close()
     startup_lines(data_dir, budget)
@@ -344,6 +346,49 @@ async def archive_line(workdir: Path) -> None:
     label = "archived map: restore 1,000 keys + read"
     print(f"{label:40} {percentiles(samples)}  ({stored / len(names) / 1024:,.0f} KiB a segment)")
     await reading.backend.close()
+
+
+async def archived_keys_lines(workdir: Path, *, small: bool) -> None:
+    """First reads of archived keys of one live map: each read names a key of a segment
+    not restored yet, so it restores that segment (100 or 1,000 keys), then reads."""
+    data_dir = workdir / "archived-keys"
+    backend = open_storage(
+        pm(),
+        data_dir=data_dir,
+        backend="sqlite",
+        options={"synchronous": "normal"},
+        wrappers=["tiered"],
+        wrapper_options={"tiered": {"budget": "64MiB"}},
+    )
+    bench = Bench(backend)
+    await bench.open()
+    tiered = bench.backend
+    assert isinstance(tiered, TieredBackend)
+    plan = [(100, 2_000 if small else 10_000), (1_000, 10_000 if small else 50_000)]
+    total = sum(count for _, count in plan)
+    await bench.fill("aged", total, lambda: None)
+    firsts: dict[int, list[str]] = {}
+    start = 0
+    archived_at = time.perf_counter()
+    for size, count in plan:
+        for begin in range(start, start + count, size):
+            chunk = [f"k{i:07}" for i in range(begin, begin + size)]
+            moved = await tiered.archive_keys("aged", chunk)
+            assert moved is not None
+            bench.maps.evict_stored("aged", moved.stamps)
+            firsts.setdefault(size, []).append(chunk[size // 2])
+        start += count
+    archive_seconds = time.perf_counter() - archived_at
+    keys, stored = tiered.archived_totals()
+    for size, picked in firsts.items():
+        samples = await timed([lambda k=k: bench.read("aged", k) for k in picked])
+        label = f"archived key: restore {size:,} keys + read"
+        print(f"{label:40} {percentiles(samples)}  ({len(picked)} reads)")
+    print(
+        f"(archived keys of one live map: {keys:,} archived in {archive_seconds:.1f}s, "
+        f"{stored / MIB:,.1f} MiB of segments; each read restores its key's segment)"
+    )
+    await backend.close()
 
 
 async def write_rate(wrappers: dict[str, Any] | None, ops: int) -> float:

@@ -302,3 +302,37 @@ async def test_a_start_under_a_budget_loads_page_by_page_within_the_budget(clock
         assert ormap.tombstones == plain_or.tombstones
     assert hot.peak > BUDGET.budget_bytes  # holding a whole map took it past
     await backend.close()
+
+
+async def test_evict_stored_takes_only_committed_unpinned_values_of_that_timestamp(
+    clock: Any,
+) -> None:
+    """`evict_stored` (values whose storage moved, e.g. to an archive) leaves alone a
+    value written since, one pinned by a request and one whose commit is pending."""
+    backend = GatedBackend()
+    await backend.initialize()
+    maps = MapRegistry(HLC("s", clock))
+    maps.set_budget(MemoryBudget(budget_bytes=1 << 30))
+    await maps.load(backend)
+    hot = maps.hot
+    assert hot is not None
+    async with StorageWriter(backend) as writer:
+        maps.writer = writer
+        await (await write(maps, ["a", "b", "c", "d"])).wait()
+        stamp = Timestamp(T, 0, "c")
+        await (await write(maps, ["b"], millis=T + 1)).wait()  # written since
+        backend.gate = anyio.Event()
+        pending = await write(maps, ["d"], millis=T + 2)
+        stamps = dict.fromkeys(["a", "b", "c", "d", "unknown"], stamp)
+        stamps["d"] = Timestamp(T + 2, 0, "c")
+        async with maps.holding("m", ["c"]):
+            assert maps.evict_stored("m", stamps) == 1
+        lww = maps.lww("m")
+        assert lww is not None
+        assert lww.cold_keys() == {"a"}
+        assert ("m", "a") not in hot.lru
+        assert maps.evict_stored("nope", stamps) == 0
+        backend.gate.set()
+        await pending.wait()
+        assert maps.evict_stored("m", stamps) == 2  # c unpinned, d committed
+        assert lww.cold_keys() == {"a", "c", "d"}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
@@ -617,6 +617,29 @@ class MapRegistry:
                     _thawed(name, crdt.thaw, key, found.get(key, []))
                     hot.note_bytes(name, key, or_key_bytes(crdt, key))
                 hot.loads += 1
+
+    def evict_stored(self, name: str, stamps: Mapping[str, Timestamp]) -> int:
+        """Evict now the values of LWW map `name` whose storage moved elsewhere (an
+        archive): each key in `stamps` whose record in memory still has that timestamp and
+        is neither pinned nor awaiting its commit; returns how many were evicted."""
+        hot, lww = self.hot, self._lww.get(name)
+        if hot is None or lww is None:
+            return 0
+        evicted = 0
+        for key, stamp in stamps.items():
+            record, entry = lww.get_record(key), (name, key)
+            if (
+                record is None
+                or record.timestamp != stamp
+                or hot.pinned(entry)
+                or self.pending_commit(name, key) is not None
+            ):
+                continue
+            if entry in hot.lru:
+                hot.drop(entry)
+            if lww.evict(key):
+                evicted += 1
+        return evicted
 
     def enforce_budget(self) -> int:
         """Past the high-water mark, evict the least recently used values that are
