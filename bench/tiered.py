@@ -10,14 +10,19 @@ values are 5x the budget (1 KiB values), then:
    hot hits; cold loads from SQLite; cold loads from PostgreSQL when a `postgres` storage
    plugin is installed and PostgreSQL is reachable (else the line says why not); first
    reads of archived maps (restore of a 1,000-key map from the archive directory, then
-   the read);
+   the read); first reads of archived keys of a live map (restore of the key's 100- or
+   1,000-key segment, then the read; the manifest lists every archived key);
 2. the write path with and without the wrapper: ops per CPU-second of the server's write
    pipeline (the journal on, so a write to a cold key loads its old value), with no
    tiering, with a budget never reached, and with a 200 KiB budget that evicts;
 3. memory: the process RSS (from /proc) before the fill, at its highest during the fill
    and during a scan that reads every key, next to the budget and the map's size, the
    values in memory as the budget counts them, and the RSS growth of a fresh process
-   that fills the same map with no budget.
+   that fills the same map with no budget;
+4. start-up: a fresh process loads the filled database (the map 5x the budget), with the
+   budget (page by page, evicting between pages) and without one (whole maps), side by
+   side: seconds to load, the peak RSS growth while loading (VmHWM), and the most values
+   the budget's accounting held at once.
 
 Linux only (/proc). Each figure comes from one run; the database and archive live in a
 temporary directory under --dir (default: the system temp directory).
@@ -212,7 +217,62 @@ async def run(budget_mib: int, reads: int, workdir: Path) -> None:
     print(f"{'cold load, SQLite':40} {percentiles(samples)}")
     await postgres_line(reads, workdir)
     await archive_line(workdir)
+    await archived_keys_lines(workdir, small=budget_mib <= 4)
 
+    await backend.close()
+    startup_lines(data_dir, budget)
+
+
+def startup_lines(data_dir: Path, budget: int) -> None:
+    """Start-up of the filled database in fresh processes, without and with the budget."""
+    print(f"\n{'start-up (fresh process)':40} {'seconds':>10} {'peak RSS':>10} {'values':>10}")
+    print(f"{'':40} {'':>10} {'MiB':>10} {'MiB':>10}")
+    for label, limit in (
+        ("no budget: whole maps", 0),
+        (f"budget {budget / MIB:g} MiB: by page", budget),
+    ):
+        result = subprocess.run(
+            [sys.executable, __file__, "--startup", str(data_dir), "--startup-budget", str(limit)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        seconds, grown, held = result.stdout.split()
+        values = "n/a" if held == "-" else f"{int(held) / MIB:,.1f}"
+        print(f"{label:40} {float(seconds):10.2f} {int(grown) / MIB:10,.1f} {values:>10}")
+
+
+def peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+async def start_up(data_dir: Path, budget: int) -> None:
+    """Load every map of the SQLite database in `data_dir` as the server starts (with a
+    budget of `budget` bytes, none when 0); print seconds, peak RSS growth and the most
+    values held (`-` without a budget)."""
+    wrappers = {"wrappers": ["tiered"], "wrapper_options": {"tiered": {"budget": budget}}}
+    backend = open_storage(
+        pm(),
+        data_dir=data_dir,
+        backend="sqlite",
+        options={"synchronous": "normal"},
+        **(wrappers if budget else {}),
+    )
+    await backend.initialize()
+    maps = MapRegistry(HLC("bench", lambda: int(time.time() * 1000)))
+    if budget:
+        assert isinstance(backend, TieredBackend)
+        maps.set_budget(backend.memory_budget)
+    before = rss_bytes()
+    began = time.perf_counter()
+    await maps.load(backend)
+    seconds = time.perf_counter() - began
+    grown = peak_rss_bytes() - before
+    held = "-" if maps.hot is None else str(maps.hot.peak)
+    print(f"{seconds} {grown} {held}")
     await backend.close()
 
 
@@ -288,6 +348,49 @@ async def archive_line(workdir: Path) -> None:
     await reading.backend.close()
 
 
+async def archived_keys_lines(workdir: Path, *, small: bool) -> None:
+    """First reads of archived keys of one live map: each read names a key of a segment
+    not restored yet, so it restores that segment (100 or 1,000 keys), then reads."""
+    data_dir = workdir / "archived-keys"
+    backend = open_storage(
+        pm(),
+        data_dir=data_dir,
+        backend="sqlite",
+        options={"synchronous": "normal"},
+        wrappers=["tiered"],
+        wrapper_options={"tiered": {"budget": "64MiB"}},
+    )
+    bench = Bench(backend)
+    await bench.open()
+    tiered = bench.backend
+    assert isinstance(tiered, TieredBackend)
+    plan = [(100, 2_000 if small else 10_000), (1_000, 10_000 if small else 50_000)]
+    total = sum(count for _, count in plan)
+    await bench.fill("aged", total, lambda: None)
+    firsts: dict[int, list[str]] = {}
+    start = 0
+    archived_at = time.perf_counter()
+    for size, count in plan:
+        for begin in range(start, start + count, size):
+            chunk = [f"k{i:07}" for i in range(begin, begin + size)]
+            moved = await tiered.archive_keys("aged", chunk)
+            assert moved is not None
+            bench.maps.evict_stored("aged", moved.stamps)
+            firsts.setdefault(size, []).append(chunk[size // 2])
+        start += count
+    archive_seconds = time.perf_counter() - archived_at
+    keys, stored = tiered.archived_totals()
+    for size, picked in firsts.items():
+        samples = await timed([lambda k=k: bench.read("aged", k) for k in picked])
+        label = f"archived key: restore {size:,} keys + read"
+        print(f"{label:40} {percentiles(samples)}  ({len(picked)} reads)")
+    print(
+        f"(archived keys of one live map: {keys:,} archived in {archive_seconds:.1f}s, "
+        f"{stored / MIB:,.1f} MiB of segments; each read restores its key's segment)"
+    )
+    await backend.close()
+
+
 async def write_rate(wrappers: dict[str, Any] | None, ops: int) -> float:
     """Ops per CPU-second of `WritePipeline.apply` (batches of 10 puts over 5,000 keys) on
     a started server with memory storage, wrapped in `tiered` with these options if given;
@@ -360,9 +463,14 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=2000, help="reads per latency figure")
     parser.add_argument("--dir", type=Path, default=None, help="where the files go")
     parser.add_argument("--unbounded", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--startup", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--startup-budget", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.unbounded:
         anyio.run(fill_unbounded, args.unbounded)
+        return
+    if args.startup:
+        anyio.run(start_up, args.startup, args.startup_budget)
         return
     budget = 4 if args.small else args.budget_mib
     reads = min(args.reads, 500) if args.small else args.reads

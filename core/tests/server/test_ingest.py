@@ -43,7 +43,7 @@ class Node:
         previous = lww.get_record(key) if lww is not None else None
         with self.maps.recording() as recording:
             self.maps.merge_lww("m", key, LWWRecord(value, stamp))
-        self.ingest.observe(Applied("m", key, previous, recording.events), recording)
+        self.ingest.observe([Applied("m", key, previous, recording.events)], recording)
         await self.backend.store_batch(recording.changes)
         return recording
 
@@ -167,7 +167,7 @@ async def test_limit_pages_and_the_log_stays_compact() -> None:
         await node.write(f"k{i % 10}", i, ts(i))
     log = node.ingest.log("m")
     assert len(log.latest) == 10
-    assert len(log._seqs) <= 64 + 2 * len(log.latest) + 1
+    assert len(log._entries) <= 64 + 2 * len(log.latest) + 1
     page = node.ingest.delta("m", since_seq=0, limit=4)
     assert page.has_more
     assert len(page.records) == 4

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from msgspec import UNSET
 
-from topgun.crdt import LWWRecord, ORMapRecord, Timestamp
+from topgun.crdt import HLC, LWWRecord, ORMapRecord, Timestamp
 from topgun.protocol import (
     ClientOp,
     Error,
+    EventPayload,
+    JournalEvent,
     JournalEventMessage,
     JournalRead,
     JournalReadResponse,
@@ -27,6 +30,11 @@ from topgun.protocol import (
 )
 from topgun.server import InMemoryClient
 from topgun.server.config import JournalConfig
+from topgun.server.journal import JOURNAL_NAMESPACE, Journal
+from topgun.server.maps import Recording
+from topgun.server.permissions import FieldFilter
+from topgun.server.writes import Applied
+from topgun.storage import MemoryBackend, PutMeta
 
 pytestmark = pytest.mark.anyio
 
@@ -198,3 +206,66 @@ async def test_disabled_journal_answers_503(start: Any) -> None:
         assert isinstance(error, Error)
         assert error.payload.code == 503
         assert error.payload.details == {"requestId": "r"}
+
+
+def _journal(capacity: int) -> Journal:
+    return Journal(
+        capacity=capacity,
+        node_id="s",
+        hlc=HLC("s", lambda: T),
+        field_filter=lambda principal, map_name: FieldFilter(True, None),
+    )
+
+
+def _applied(journal: Journal, recording: Recording, *keys: str) -> None:
+    record = LWWRecord(1, Timestamp(T, 0, "c"))
+    journal.observe(
+        [Applied("m", key, None, [EventPayload("m", "PUT", key, record)]) for key in keys],
+        recording,
+    )
+
+
+async def test_a_request_is_one_stored_row_and_rows_past_the_capacity_are_deleted() -> None:
+    backend = MemoryBackend()
+    await backend.initialize()
+    journal = _journal(capacity=4)
+    await journal.load(backend)
+    for keys in (["a", "b", "c"], ["d", "e"], ["f"], ["g", "h", "i"]):
+        recording = Recording()
+        _applied(journal, recording, *keys)
+        assert sum(1 for c in recording.changes if c.value is not None) == 1  # type: ignore[union-attr]
+        await backend.store_batch(recording.changes)
+    rows = await backend.load_meta(JOURNAL_NAMESPACE)
+    # Groups: [0-2] [3-4] [5] [6-8]; the newest two hold 4 events, so the older are gone.
+    assert sorted(rows) == [str(5).zfill(20), str(6).zfill(20)]
+    restarted = _journal(capacity=4)
+    assert await restarted.load(backend) == 4
+    assert [e.key for e in restarted.events] == ["f", "g", "h", "i"]
+    assert restarted.next_sequence == 9
+
+
+async def test_rows_of_the_one_event_per_slot_layout_are_rewritten_as_a_group() -> None:
+    backend = MemoryBackend()
+    await backend.initialize()
+    encode = msgspec.msgpack.encode
+    legacy = [
+        JournalEvent(
+            sequence=str(seq), type="PUT", map_name="m", key=f"k{seq}",
+            timestamp=Timestamp(T, seq, "c"), node_id="s", value=seq,
+        )
+        for seq in range(7)
+    ]  # fmt: skip
+    # Capacity 5 ring slots: events 5 and 6 overwrote 0 and 1.
+    await backend.store_batch(
+        [PutMeta(JOURNAL_NAMESPACE, str(seq % 5).zfill(20), encode(e)) for seq, e in
+         ((int(e.sequence), e) for e in legacy[2:])]
+    )  # fmt: skip
+    journal = _journal(capacity=5)
+    assert await journal.load(backend) == 5
+    assert [e.sequence for e in journal.events] == ["2", "3", "4", "5", "6"]
+    rows = await backend.load_meta(JOURNAL_NAMESPACE)
+    assert list(rows) == [str(2).zfill(20)]
+    again = _journal(capacity=5)
+    assert await again.load(backend) == 5
+    assert [e.key for e in again.events] == ["k2", "k3", "k4", "k5", "k6"]
+    assert again.next_sequence == 7

@@ -21,6 +21,7 @@ from topgun.storage import (
     CodecContext,
     CodecPipeline,
     DeleteKey,
+    LWWSnapshot,
     MemoryBackend,
     PutMeta,
     PutRecord,
@@ -274,3 +275,23 @@ async def test_large_batches_of_puts_and_meta_rows_apply_in_order(tmp_path: Path
     assert await sqlite_backend.load_meta("ns") == await memory.load_meta("ns")
     await sqlite_backend.close()
     await memory.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 33, 999, 1000, 1001, 1017])
+async def test_every_batch_size_stores_every_row_once(tmp_path: Path, size: int) -> None:
+    """Multi-row upserts are padded to a few statement shapes by repeating the last row:
+    whatever the run's length, every row lands, the last one included, and nothing else."""
+    backend = SQLiteBackend(tmp_path / "topgun.db")
+    await backend.initialize()
+    await backend.store_batch(
+        [PutRecord("m", f"k{i}", LWWRecord(i, Timestamp(1 + i, 0, "n"))) for i in range(size)]
+        + [PutMeta("ns", f"{i:05d}", str(i).encode()) for i in range(size)]
+    )
+    snapshot = await backend.load_map("m")
+    assert isinstance(snapshot, LWWSnapshot)
+    assert {key: r.value for key, r in snapshot.records.items()} == {
+        f"k{i}": i for i in range(size)
+    }
+    assert await backend.load_meta("ns") == {f"{i:05d}": str(i).encode() for i in range(size)}
+    await backend.close()

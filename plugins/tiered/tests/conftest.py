@@ -1,11 +1,12 @@
 """Fixtures for the tiered storage tests: servers whose storage is wrapped in `tiered`,
-driven through in-memory connections, and the data they are filled with."""
+driven through in-memory connections (or served on a socket for the real client), and the
+data they are filled with."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,11 +23,16 @@ from topgun.protocol import (
     AuthAck,
     AuthRequired,
     ClientOp,
+    MerkleReqBucket,
+    MerkleReqBucketPayload,
     OpAck,
     OpBatch,
     OpBatchPayload,
+    SyncRespLeaf,
 )
 from topgun.server import AuthConfig, InMemoryClient, Secret, Server, ServerConfig, StorageConfig
+from topgun.server.app import create_app
+from topgun.server.serve import bound_address, host, listen_socket
 
 SECRET = "tiered-test-secret-" + "0123456789abcdef" * 3
 T = int(time.time() * 1000) - 60_000
@@ -76,8 +82,7 @@ class Running:
     async def login(self) -> InMemoryClient:
         client = await self.stack.enter_async_context(InMemoryClient.connect(self.server, self.tg))
         assert isinstance(await client.receive(), AuthRequired)
-        token = jwt.encode({"sub": "t", "roles": ["ADMIN"]}, SECRET, algorithm="HS256")
-        await client.send(Auth(token=token))
+        await client.send(Auth(token=token()))
         assert isinstance(await client.receive(), AuthAck)
         return client
 
@@ -90,6 +95,33 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
         contextlib.AsyncExitStack() as stack,
     ):
         yield Running(server, tg, stack)
+
+
+def token() -> str:
+    """An ADMIN token the test servers accept."""
+    return jwt.encode({"sub": "t", "roles": ["ADMIN"]}, SECRET, algorithm="HS256")
+
+
+@contextlib.asynccontextmanager
+async def serving(config: ServerConfig) -> AsyncIterator[tuple[Running, str]]:
+    """`running(config)`, also served on a free port: yields it and its `ws://` URL."""
+    listener = listen_socket("127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{bound_address(listener)[1]}"
+    async with running(config) as live:
+        stop = anyio.Event()
+
+        async def shutdown_trigger() -> None:
+            await stop.wait()
+
+        live.tg.start_soon(
+            lambda: host(
+                create_app(live.server), listener, config, shutdown_trigger=shutdown_trigger
+            )
+        )
+        try:
+            yield live, url
+        finally:
+            stop.set()
 
 
 def row(i: int) -> dict[str, Any]:
@@ -115,6 +147,28 @@ async def write_rows(
         assert ack.payload.achieved_level == "PERSISTED"
 
 
+async def serve_leaves(
+    client: InMemoryClient, name: str, paths: list[str], expected: Callable[[str], LWWRecord]
+) -> int:
+    """Ask for the leaves at `paths` (MERKLE_REQ_BUCKET) and check each record against
+    `expected(key)` as it arrives (keeping none); returns how many keys were served."""
+    served = 0
+    for start in range(0, len(paths), 100):
+        chunk = paths[start : start + 100]
+        for path in chunk:
+            await client.send(
+                MerkleReqBucket(payload=MerkleReqBucketPayload(map_name=name, path=path))
+            )
+        for _ in chunk:
+            leaf = await client.receive(timeout=30)
+            assert isinstance(leaf, SyncRespLeaf), leaf
+            for entry in leaf.payload.records:
+                assert entry.record == expected(entry.key), entry.key
+                served += 1
+        client.raw_frames.clear()  # the test client keeps every frame otherwise
+    return served
+
+
 @pytest.fixture
 def kit() -> SimpleNamespace:
     """The helpers above, for test modules (which cannot import conftest)."""
@@ -124,6 +178,9 @@ def kit() -> SimpleNamespace:
         plugin_manager=plugin_manager,
         row=row,
         running=running,
+        serve_leaves=serve_leaves,
+        serving=serving,
         tiered_config=tiered_config,
+        token=token,
         write_rows=write_rows,
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import re
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,6 @@ from topgun.crdt import LWWRecord, Timestamp, fnv1a32
 from topgun.crdt.hashing import merkle_path
 from topgun.protocol import (
     ClientOp,
-    MerkleReqBucket,
-    MerkleReqBucketPayload,
     OpAck,
     OpBatch,
     OpBatchPayload,
@@ -29,7 +26,6 @@ from topgun.protocol import (
     QuerySubPayload,
     QueryUpdate,
     SyncInit,
-    SyncRespLeaf,
     SyncRespRoot,
 )
 from topgun.server import InMemoryClient
@@ -44,28 +40,6 @@ QUERIES = [
     Query(sort={"text": "asc"}, limit=25),
     Query(predicate={"op": "gt", "attribute": "n", "value": 1990}),
 ]
-
-
-async def serve_leaves(
-    client: InMemoryClient, name: str, paths: list[str], expected: Callable[[str], LWWRecord]
-) -> int:
-    """Ask for the leaves at `paths` (MERKLE_REQ_BUCKET) and check each record against
-    `expected(key)` as it arrives (keeping none); returns how many keys were served."""
-    served = 0
-    for start in range(0, len(paths), 100):
-        chunk = paths[start : start + 100]
-        for path in chunk:
-            await client.send(
-                MerkleReqBucket(payload=MerkleReqBucketPayload(map_name=name, path=path))
-            )
-        for _ in chunk:
-            leaf = await client.receive(timeout=30)
-            assert isinstance(leaf, SyncRespLeaf), leaf
-            for entry in leaf.payload.records:
-                assert entry.record == expected(entry.key), entry.key
-                served += 1
-        client.raw_frames.clear()  # the test client keeps every frame otherwise
-    return served
 
 
 async def query_page(client: InMemoryClient, query_id: str, q: Query) -> list[tuple[str, Any]]:
@@ -98,7 +72,8 @@ async def test_a_map_five_times_the_budget_is_served_whole(tmp_path: Path, kit: 
         assert lww is not None
         assert len(lww.cold_keys()) > KEYS // 2
 
-    # A restart loads the map (then evicts), and reads bring cold values back.
+    # A restart loads the map page by page (evicting between pages); reads bring cold
+    # values back.
     async with kit.running(config) as tiered:
         server = tiered.server
         client = await tiered.login()
@@ -119,7 +94,7 @@ async def test_a_map_five_times_the_budget_is_served_whole(tmp_path: Path, kit: 
         gc.collect()
         tracemalloc.start()
         try:
-            served = await serve_leaves(client, "big", paths, expected)
+            served = await kit.serve_leaves(client, "big", paths, expected)
             gc.collect()
             after, peak = tracemalloc.get_traced_memory()
             assert hot.used <= budget

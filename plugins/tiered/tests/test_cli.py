@@ -133,3 +133,61 @@ def test_bad_requests_are_reported_in_one_line(tmp_path: Path, kit: Any) -> None
     untiered = runner.invoke(cli, ["tier", "status", "--config", plain])
     assert untiered.exit_code == 1
     assert 'list "tiered" last in [storage] wrappers' in untiered.output
+
+
+def test_archive_keys_of_live_maps_and_restore_them(tmp_path: Path, kit: Any) -> None:
+    """`--keys` archives the old keys of LWW maps that stay live; `status` shows them;
+    `restore --map` brings them back byte for byte."""
+    config = str(write_config(tmp_path))
+
+    async def mix() -> bytes:
+        backend = open_storage(
+            kit.plugin_manager(),
+            data_dir=tmp_path / "data",
+            wrappers=["tiered"],
+            wrapper_options={"tiered": {}},
+        )
+        await backend.initialize()
+        old, new = Timestamp(OLD, 0, "n"), Timestamp(kit.T, 0, "n")
+        await backend.store_batch(
+            [
+                *(PutRecord("mix", f"k{i:03}", LWWRecord({"i": i}, old)) for i in range(150)),
+                *(PutRecord("mix", f"n{i:03}", LWWRecord({"i": i}, new)) for i in range(5)),
+            ]
+        )
+        found = msgspec.msgpack.encode(await backend.load_map("mix"))
+        await backend.close()
+        return found
+
+    before = anyio.run(mix)
+    cli, runner = build_cli(kit.plugin_manager()), CliRunner()
+    archived = runner.invoke(cli, ["tier", "archive", "--keys", "--config", config])
+    assert archived.exit_code == 0, archived.output
+    assert "archived 0 map(s) and 150 key(s) of 1 map(s)" in archived.output
+    assert "archive keys of mix" in archived.output
+    wide = {"COLUMNS": "200"}
+    status = runner.invoke(cli, ["tier", "status", "--config", config], env=wide)
+    (line,) = [line for line in status.output.splitlines() if " mix " in line]
+    cells = [cell.strip() for cell in line.split("│")]
+    assert (cells[3], cells[4], cells[6]) == ("storage+archive", "5", "150")
+    assert "in 150 archived key(s)" in status.output
+    again = runner.invoke(cli, ["tier", "archive", "--keys", "--config", config])
+    assert "nothing to archive" in again.output
+    restored = runner.invoke(cli, ["tier", "restore", "--map", "mix", "--config", config])
+    assert restored.exit_code == 0, restored.output
+
+    async def after() -> bytes:
+        backend = open_storage(
+            kit.plugin_manager(),
+            data_dir=tmp_path / "data",
+            wrappers=["tiered"],
+            wrapper_options={"tiered": {}},
+        )
+        assert isinstance(backend, TieredBackend)
+        await backend.initialize()
+        assert backend.archive.keys == {}
+        found = msgspec.msgpack.encode(await backend.inner.load_map("mix"))
+        await backend.close()
+        return found
+
+    assert anyio.run(after) == before

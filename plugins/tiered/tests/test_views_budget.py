@@ -46,7 +46,6 @@ from topgun.protocol import (
 )
 from topgun.server import InMemoryClient, Policy, ServerConfig
 from topgun.server.config import MapOptions
-from topgun.server.hotset import HotSet
 from topgun.server.views import SCAN_CHUNK
 from topgun.storage import value_size
 
@@ -264,38 +263,24 @@ async def test_views_over_a_map_five_times_the_budget_answer_as_without_one(
         assert lww is not None
         assert len(lww.cold_keys()) > KEYS * 3 // 4
 
-        peak = {"used": hot.used, "views": 0}
-        note, charge = HotSet.note, HotSet.charge
-
-        def noted(self: HotSet, *args: Any) -> None:
-            note(self, *args)
-            peak["used"] = max(peak["used"], self.used)
-
-        def charged(self: HotSet, delta: int) -> None:
-            charge(self, delta)
-            peak["used"] = max(peak["used"], self.used)
-            peak["views"] = max(peak["views"], self.views)
-
+        hot.peak = hot.used  # from here on: the views
         loads = hot.loads
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(HotSet, "note", noted)
-            patch.setattr(HotSet, "charge", charged)
-            watcher, viewer = await t.login(), await login_as(t, "VIEW")
-            assert await transcript(writer, watcher, viewer) == (reference, viewed)
+        watcher, viewer = await t.login(), await login_as(t, "VIEW")
+        assert await transcript(writer, watcher, viewer) == (reference, viewed)
 
         assert hot.loads > loads  # cold rows were read to send them
         largest = max(value_size(row) for row in rows)
-        margin = peak["used"] - budget
+        margin = hot.peak - budget
         print(
-            f"\nbudget {budget:,} B; peak counted {peak['used']:,} B "
-            f"({peak['used'] / budget:.2f}x, margin {margin:,} B = "
-            f"{margin / largest:.1f} largest values); views keep {hot.views:,} B "
-            f"(peak {peak['views']:,} B); map {sum(value_size(r) for r in rows):,} B"
+            f"\nbudget {budget:,} B; peak counted {hot.peak:,} B "
+            f"({hot.peak / budget:.2f}x, margin {margin:,} B = "
+            f"{margin / largest:.1f} largest values); views keep {hot.views:,} B; "
+            f"map {sum(value_size(r) for r in rows):,} B"
         )
         # Values and views together: within the budget plus one chunk of values being
         # loaded or written (a scan chunk, a write batch of 50).
         assert 0 < hot.views < budget
-        assert peak["used"] <= budget + SCAN_CHUNK * largest
+        assert hot.peak <= budget + SCAN_CHUNK * largest
 
 
 async def test_windows_stay_exact_under_concurrent_writers(tmp_path: Path, kit: Any) -> None:

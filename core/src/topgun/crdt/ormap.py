@@ -4,6 +4,12 @@ Every add creates a record with a fresh tag (the HLC string of its timestamp); a
 tombstones the tags it has *observed*. A tombstoned tag can never come back, while a
 concurrent add of a new tag survives the remove (add wins). Tombstones stay until GC
 prunes them.
+
+A key's records can be *cold* (`evict`): their values are dropped from memory while tags,
+timestamps, TTLs, tombstones and the key's Merkle hash stay, so sync trees, tombstone
+checks and TTL expiry go on unchanged; `thaw` puts the values back (tiered storage loads
+them from the backend). Reading a cold key's values, or changing its records, raises
+`ColdValueError` before anything changes: thaw it first.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Any
 
 from topgun.crdt.hashing import or_entry_hash, or_record_string, sorted_utf16
 from topgun.crdt.hlc import HLC, validate_timestamp
-from topgun.crdt.lww import check_ttl
+from topgun.crdt.lww import COLD, ColdValueError, check_ttl
 from topgun.crdt.merkle import MerkleTree
 from topgun.crdt.records import ORMapRecord, Timestamp
 
@@ -41,14 +47,18 @@ class ORMergeResult:
 
 
 class _Entry:
-    """One key's live records, their cached hash strings, and the tombstoned tags it held."""
+    """One key's live records, their cached hash strings, and the tombstoned tags it held.
 
-    __slots__ = ("records", "strings", "tombstones")
+    A cold entry's records hold `COLD` as their values, it has no strings, and `cold_hash`
+    keeps the entry hash they made."""
+
+    __slots__ = ("cold_hash", "records", "strings", "tombstones")
 
     def __init__(self) -> None:
         self.records: dict[str, ORMapRecord] = {}
         self.strings: dict[str, str] = {}
         self.tombstones: set[str] = set()
+        self.cold_hash: int | None = None
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -102,11 +112,12 @@ class ORMap:
     records (PROTOCOL.md §3.4) and keeps "dead" keys (only tombstones) with hash 0.
     """
 
-    __slots__ = ("_entries", "_hlc", "_listeners", "_merkle", "_tag_keys", "_tombstones")
+    __slots__ = ("_cold", "_entries", "_hlc", "_listeners", "_merkle", "_tag_keys", "_tombstones")
 
     def __init__(self, hlc: HLC) -> None:
         self._hlc = hlc
         self._entries: dict[str, _Entry] = {}
+        self._cold: set[str] = set()
         self._tag_keys: dict[str, set[str]] = {}  # tag -> keys holding it, live or tombstoned
         self._tombstones: dict[str, Timestamp] = {}
         self._listeners: list[ORMapListener] = []
@@ -114,7 +125,11 @@ class ORMap:
 
     def _item_hash(self, key: str, key_hash: int) -> int | None:
         entry = self._entries.get(key)
-        return None if entry is None else or_entry_hash(key, entry.strings)
+        if entry is None:
+            return None
+        if entry.cold_hash is not None:
+            return entry.cold_hash
+        return or_entry_hash(key, entry.strings)
 
     @property
     def hlc(self) -> HLC:
@@ -141,6 +156,7 @@ class ORMap:
         entry = self._entries.get(key)
         if entry is None:
             return []
+        self._check_warm([key])
         tags = sorted_utf16(t for t, r in entry.records.items() if same_value(r.value, value))
         for tag in tags:
             self._tombstone(tag, _parse_tag(tag))
@@ -163,6 +179,8 @@ class ORMap:
         entry = self._entries.get(key)
         if entry is not None and record.tag in entry.records:
             return False
+        if self._cold:
+            self._check_warm([key])
         self._insert(key, record, text)
         return True
 
@@ -185,6 +203,8 @@ class ORMap:
         timestamp = _parse_tag(tag)
         if tag in self._tombstones:
             return False
+        if self._cold:
+            self._check_warm(self.keys_holding(tag))
         self._tombstone(tag, timestamp)
         return True
 
@@ -212,6 +232,12 @@ class ORMap:
         texts = [or_record_string(r) for r in offered]
         tags = list(tombstones)
         times = [_parse_tag(t) for t in tags]
+        if self._cold:
+            touched = {key} if offered else set()
+            for tag in tags:
+                if tag not in self._tombstones:
+                    touched.update(self.keys_holding(tag))
+            self._check_warm(touched)
         if offered:
             self._hlc.update(max(r.timestamp for r in offered))
         result = ORMergeResult()
@@ -241,7 +267,8 @@ class ORMap:
         is tombstoned is left out. Listeners are not called and the clock is not moved:
         nothing changed, the map only learned what it had. Returns the newest timestamp
         seen (records and tombstones), for the owner to fold into its clock, or `None`.
-        Everything is validated before anything changes.
+        It may come in parts (a map loaded page by page), each key's records in one part.
+        Everything is validated before anything changes (a cold key is a `ColdValueError`).
         """
         offered = [
             (key, record, or_record_string(_check_or_record(key, record)))
@@ -252,6 +279,8 @@ class ORMap:
         for _, _, key in tags:
             if key is not None and type(key) is not str:
                 raise TypeError(f"tombstone key must be a str or None, got {type(key).__name__}")
+        if self._cold:
+            self._check_warm([*records, *(key for _, _, key in tags if key is not None)])
         newest: Timestamp | None = None
         for tag, timestamp, key in tags:
             newest = timestamp if newest is None or timestamp > newest else newest
@@ -280,14 +309,19 @@ class ORMap:
         return newest
 
     def records(self, key: str) -> list[ORMapRecord]:
-        """`key`'s non-tombstoned records (expired ones included), in UTF-16 tag order."""
+        """`key`'s non-tombstoned records (expired ones included), in UTF-16 tag order (a
+        cold key's records hold `COLD` as their values)."""
         entry = self._entries.get(key)
         if entry is None:
             return []
         return [entry.records[tag] for tag in sorted_utf16(entry.records)]
 
     def values(self, key: str) -> list[Any]:
-        """`key`'s live values: not tombstoned, not TTL-expired, in UTF-16 tag order."""
+        """`key`'s live values: not tombstoned, not TTL-expired, in UTF-16 tag order.
+
+        Raises `ColdValueError` if the key is cold."""
+        if key in self._cold:
+            raise ColdValueError(key)
         now = self._hlc.wall_ms()
         return [r.value for r in self.records(key) if not r.expired(now)]
 
@@ -339,6 +373,70 @@ class ORMap:
                     del self._entries[key]
                     self._merkle.touch(key)
         return pruned
+
+    # -- cold keys --------------------------------------------------------------------------
+
+    def evict(self, key: str) -> bool:
+        """Drop the values of `key`'s records from memory, keeping tags, timestamps, TTLs and
+        the key's Merkle hash; True if it held records and was not cold yet.
+
+        Nothing observable changes: no listener is called. Whoever evicts must be able to
+        `thaw` the same records later (from storage)."""
+        entry = self._entries.get(key)
+        if entry is None or not entry.records or entry.cold_hash is not None:
+            return False
+        entry.cold_hash = or_entry_hash(key, entry.strings)
+        entry.records = {
+            tag: ORMapRecord(COLD, r.timestamp, tag, r.ttl_ms) for tag, r in entry.records.items()
+        }
+        entry.strings = {}
+        self._cold.add(key)
+        return True
+
+    def thaw(self, key: str, records: Iterable[ORMapRecord]) -> bool:
+        """Put the values of cold `key` back from `records` (what storage holds for the key);
+        True if they were put back, False (and no change) if the key is not cold.
+
+        Raises ValueError, changing nothing, unless `records` hold every cold tag with its
+        timestamp and the values hash as the evicted ones did: storage does not hold what
+        was evicted. Records of other tags are ignored."""
+        entry = self._entries.get(key)
+        if entry is None or entry.cold_hash is None:
+            return False
+        offered = {r.tag: r for r in records}
+        restored: dict[str, ORMapRecord] = {}
+        for tag, cold in entry.records.items():
+            found = offered.get(tag)
+            if found is None or found.timestamp != cold.timestamp:
+                raise ValueError(
+                    f"key {key!r}: storage does not hold record {tag!r}, whose value was evicted"
+                )
+            restored[tag] = found
+        strings = {tag: or_record_string(r) for tag, r in restored.items()}
+        if or_entry_hash(key, strings) != entry.cold_hash:
+            raise ValueError(f"key {key!r}: the stored values differ from the evicted ones")
+        entry.records, entry.strings, entry.cold_hash = restored, strings, None
+        self._cold.discard(key)
+        return True
+
+    def is_cold(self, key: str) -> bool:
+        """Whether the values of `key` are evicted from memory."""
+        return key in self._cold
+
+    def cold_keys(self) -> set[str]:
+        """Every key whose values are evicted from memory (a copy)."""
+        return set(self._cold)
+
+    def hash_strings(self, key: str) -> list[str]:
+        """The cached hash input strings of `key`'s records (none when cold): memory that
+        its values take a second time, for accounting."""
+        entry = self._entries.get(key)
+        return [] if entry is None else list(entry.strings.values())
+
+    def _check_warm(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            if key in self._cold:
+                raise ColdValueError(key)
 
     def on_change(self, listener: ORMapListener) -> Callable[[], None]:
         """Call `listener(key, tag, record | None)` after every change; returns an unsubscribe."""

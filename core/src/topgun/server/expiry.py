@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -82,15 +82,16 @@ class ExpirySchedule:
         if due.at_ms < earliest:
             self._wakeup.set()
 
-    def observe(self, applied: Applied, recording: Recording) -> None:
+    def observe(self, applied: Sequence[Applied], recording: Recording) -> None:
         """The change observer: schedule every record written with a TTL."""
-        for event in applied.events:
-            record = event.record or event.or_record
-            if record is None or record.ttl_ms is None:
-                continue
-            tag = event.or_record.tag if event.or_record is not None else str(record.timestamp)
-            at = record.timestamp.millis + record.ttl_ms
-            self._push(_Due(at, applied.map_name, applied.key, tag, event.record is not None))
+        for one in applied:
+            for event in one.events:
+                record = event.record or event.or_record
+                if record is None or record.ttl_ms is None:
+                    continue
+                tag = event.or_record.tag if event.or_record is not None else str(record.timestamp)
+                at = record.timestamp.millis + record.ttl_ms
+                self._push(_Due(at, one.map_name, one.key, tag, event.record is not None))
 
     def load(self) -> int:
         """Schedule every stored record with a TTL (once, after the maps loaded)."""

@@ -1,7 +1,8 @@
-"""Which LWW values are in memory, how many bytes they take, and which were used least
+"""Which map values are in memory, how many bytes they take, and which were used least
 recently: the accounting behind a storage `MemoryBudget` (see `topgun.storage.tiering`).
 
-`MapRegistry` notes every stored value here, touches the values that reads use, pins the
+`MapRegistry` notes every stored value here (an LWW key's value; an OR-Map key's record
+values with their hash strings, as one entry), touches the values that reads use, pins the
 ones a request is working with, and evicts from the least recently used end once the
 estimated bytes pass the high-water mark.
 """
@@ -19,7 +20,7 @@ Entry = tuple[str, str]
 
 
 class HotSet:
-    """The hot values of every LWW map, least recently used first."""
+    """The hot values of every map, least recently used first."""
 
     __slots__ = (
         "_pinned_keys",
@@ -29,6 +30,7 @@ class HotSet:
         "evictions",
         "loads",
         "lru",
+        "peak",
         "unpins",
         "used",
         "views",
@@ -41,6 +43,8 @@ class HotSet:
         self.views = 0
         """Estimated bytes live views keep (`charge`): counted in `used`, never evicted,
         so values are evicted to make room for them."""
+        self.peak = 0
+        """The most `used` has been (a measure of how far past the budget values went)."""
         self.lru: OrderedDict[Entry, int] = OrderedDict()
         """Hot entry -> its estimated bytes, least recently used first."""
         self.evictions = 0
@@ -60,18 +64,25 @@ class HotSet:
 
     def note(self, name: str, key: str, value: Any) -> None:
         """Value `value` (None for a tombstone) is now stored under (name, key), hot."""
+        self.note_bytes(name, key, 0 if value is None else value_size(value))
+
+    def note_bytes(self, name: str, key: str, size: int) -> None:
+        """The values of (name, key) now take `size` estimated bytes, hot (0: none)."""
         entry = (name, key)
         lru = self.lru
-        size = 0 if value is None else value_size(value)
         old = lru.pop(entry, 0)
         if size:
             lru[entry] = size
-        self.used += size - old
+        used = self.used = self.used + size - old
+        if used > self.peak:
+            self.peak = used
 
     def charge(self, delta: int) -> None:
         """Live views now keep `delta` more bytes (fewer, if negative)."""
         self.views += delta
-        self.used += delta
+        used = self.used = self.used + delta
+        if used > self.peak:
+            self.peak = used
 
     def touch(self, name: str, key: str) -> None:
         """A read used the value of (name, key): it becomes the most recently used."""

@@ -27,7 +27,9 @@ Persistence costs nothing on the write path:
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -118,55 +120,49 @@ class MapLog:
     floor: int = 0
     """The highest sequence of a pruned tombstone: resuming before it needs a reset."""
     floor_stamp: Timestamp | None = None
-    latest: dict[str, tuple[int, Timestamp]] = field(default_factory=dict)
-    """key -> (sequence, ingest HLC) of its latest change."""
-    _seqs: list[int] = field(default_factory=list)
-    _stamps: list[Timestamp] = field(default_factory=list)
-    _keys: list[str] = field(default_factory=list)
+    latest: dict[str, tuple[int, Timestamp, str]] = field(default_factory=dict)
+    """key -> its latest change: (sequence, ingest HLC, key), the entry in the log."""
+    _entries: list[tuple[int, Timestamp, str]] = field(default_factory=list)
+    """Ascending by sequence (and ingest HLC); superseded entries go at compaction."""
 
     def add(self, key: str, seq: int, ingest: Timestamp) -> None:
         """Record `seq` (greater than every earlier one) as `key`'s latest change."""
-        self.latest[key] = (seq, ingest)
-        self._seqs.append(seq)
-        self._stamps.append(ingest)
-        self._keys.append(key)
-        if len(self._seqs) > 64 and len(self._seqs) > 2 * len(self.latest):
-            self._compact()
+        entry = (seq, ingest, key)
+        latest = self.latest
+        latest[key] = entry
+        entries = self._entries
+        entries.append(entry)
+        if len(entries) > 64 and len(entries) > 2 * len(latest):
+            self._entries = [e for e in entries if latest.get(e[2]) is e]
 
     def forget(self, key: str) -> tuple[int, Timestamp] | None:
-        """Drop `key`'s entry (its tombstone was pruned); returns it."""
-        return self.latest.pop(key, None)
-
-    def _compact(self) -> None:
-        live = [
-            (seq, stamp, key)
-            for seq, stamp, key in zip(self._seqs, self._stamps, self._keys, strict=True)
-            if self.latest.get(key, (None,))[0] == seq
-        ]
-        self._seqs = [seq for seq, _, _ in live]
-        self._stamps = [stamp for _, stamp, _ in live]
-        self._keys = [key for _, _, key in live]
+        """Drop `key`'s entry (its tombstone was pruned); returns (sequence, ingest HLC)."""
+        entry = self.latest.pop(key, None)
+        return None if entry is None else (entry[0], entry[1])
 
     def start_after_seq(self, since: int) -> int:
         """Index of the first change with a sequence greater than `since`."""
-        return bisect.bisect_right(self._seqs, since)
+        return bisect.bisect_right(self._entries, since, key=_SEQUENCE)
 
     def start_after_stamp(self, since: Timestamp) -> int:
         """Index of the first change ingested after `since`."""
-        return bisect.bisect_right(self._stamps, since)
+        return bisect.bisect_right(self._entries, since, key=_INGEST)
 
     def seq_before(self, index: int) -> int:
         """The sequence just before position `index` (0 at the start)."""
-        return self._seqs[index - 1] if index > 0 else 0
+        return self._entries[index - 1][0] if index > 0 else 0
 
     def changes_from(self, index: int) -> Iterable[tuple[str, int, Timestamp]]:
         """(key, sequence, ingest HLC) of the live changes from position `index` on."""
         latest = self.latest
-        for i in range(index, len(self._seqs)):
-            key = self._keys[i]
-            seq = self._seqs[i]
-            if latest.get(key, (None,))[0] == seq:
-                yield key, seq, self._stamps[i]
+        for entry in itertools.islice(self._entries, index, None):
+            seq, stamp, key = entry
+            if latest.get(key) is entry:
+                yield key, seq, stamp
+
+
+_SEQUENCE: Final = operator.itemgetter(0)
+_INGEST: Final = operator.itemgetter(1)
 
 
 class IngestLog:
@@ -191,11 +187,12 @@ class IngestLog:
 
     # -- recording --------------------------------------------------------------------------
 
-    def observe(self, applied: Applied, recording: Recording) -> None:
+    def observe(self, applied: Sequence[Applied], recording: Recording) -> None:
         """The change observer: sequence each LWW change of `applied`."""
-        for payload in applied.events:
-            if payload.record is not None:
-                self._sequence(applied.map_name, applied.key, payload.record, recording.changes)
+        for one in applied:
+            for payload in one.events:
+                if payload.record is not None:
+                    self._sequence(one.map_name, one.key, payload.record, recording.changes)
 
     def _sequence(self, name: str, key: str, record: LWWRecord, changes: list[Change]) -> None:
         log = self.log(name)

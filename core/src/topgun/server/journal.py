@@ -6,10 +6,14 @@ pushes, entry processors, TTL expiry. Each change becomes a `JournalEvent` with 
 value of a server-wide sequence counter: `DELETE` when the new record is a tombstone (or an
 OR tag was tombstoned), `PUT` when the key had no live value, else `UPDATE`. The newest
 `capacity` events are kept in a ring, mirrored in the storage meta area (namespace `journal`,
-in the same storage batch as the change itself) as ring slots: event `n` is stored under slot
-`n % capacity`, overwriting the event it drops, so journaling costs one storage change per
-event. Loading keeps the newest `capacity` stored events, so sequences keep increasing across
-restarts, and moves them to their slots when the capacity changed.
+in the same storage batch as the changes themselves) as *groups*: the events of one run of
+ops (usually a whole request) are one row, keyed by their first sequence and carrying the
+oldest sequence the journal retained when it was written (its horizon). A group row is
+deleted once the newer rows hold `capacity` events, so journaling costs one storage change
+per request, not one per event. Loading keeps the newest `capacity` stored events at or
+above the newest horizon, so sequences keep increasing across restarts and a capacity raised
+between restarts does not bring back events that were already dropped. Rows of the earlier
+layout (one event per ring slot) are rewritten as a group on load.
 
 Readers see only events of maps they may READ, with values filtered by their field-level
 security; `JOURNAL_SUBSCRIBE` replays from a sequence and then streams, `JOURNAL_READ` pages.
@@ -47,14 +51,34 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 JOURNAL_NAMESPACE: Final = "journal"
-"""Meta-area namespace: zero-padded ring slot -> the msgpack-encoded `JournalEvent`."""
+"""Meta-area namespace: zero-padded first sequence -> the msgpack-encoded `_Group`."""
 
 DEFAULT_READ_LIMIT: Final = 100
 MAX_READ_LIMIT: Final = 1000
 
 
+class _Group(msgspec.Struct, array_like=True):
+    """One journal row: consecutive events, and the oldest sequence retained when written."""
+
+    horizon: int
+    events: list[JournalEvent]
+
+
 _encode: Final = msgspec.msgpack.Encoder().encode
-_decoder: Final = msgspec.msgpack.Decoder(JournalEvent)
+_group_decoder: Final = msgspec.msgpack.Decoder(_Group)
+_event_decoder: Final = msgspec.msgpack.Decoder(JournalEvent)
+
+
+def _decode_row(raw: bytes) -> _Group | JournalEvent:
+    """A row of either layout: a `_Group`, or one event in a ring slot (before groups)."""
+    try:
+        return _group_decoder.decode(raw)
+    except msgspec.ValidationError:
+        return _event_decoder.decode(raw)
+
+
+def _group_key(sequence: int) -> str:
+    return str(sequence).zfill(20)
 
 
 class JournalReader(Protocol):
@@ -101,6 +125,10 @@ class Journal:
         self.field_filter = field_filter
         self.events: deque[JournalEvent] = deque(maxlen=capacity)
         self.next_sequence = 0
+        self._groups: deque[tuple[str, int]] = deque()
+        """(row key, event count) of the stored groups, oldest first."""
+        self._stored = 0
+        """How many events the stored groups hold."""
         self._subscriptions: dict[JournalReader, dict[str, _Subscription]] = {}
 
     # -- recording ----------------------------------------------------------------------
@@ -108,44 +136,72 @@ class Journal:
     async def load(self, backend: StorageBackend) -> int:
         """Restore the newest `capacity` stored events; returns how many.
 
-        Stored events outside their slot (the capacity changed, or an older layout) are moved
-        to it, and slots holding no retained event are deleted, so that later writes overwrite
-        exactly the events they drop."""
-        stored = {
-            key: _decoder.decode(raw)
-            for key, raw in (await backend.load_meta(JOURNAL_NAMESPACE)).items()
-        }
-        newest = sorted(stored.values(), key=lambda event: int(event.sequence))
-        slots: dict[str, JournalEvent] = {}
-        for event in newest[-self.capacity :]:  # a newer event wins a shared slot
-            slots[self._slot(int(event.sequence))] = event
-        kept = sorted(slots.values(), key=lambda event: int(event.sequence))
+        Rows of the earlier one-event-per-slot layout are rewritten as one group, and groups
+        the newer ones make redundant are deleted."""
+        groups: list[tuple[str, _Group]] = []
+        legacy: list[str] = []
+        found: dict[int, JournalEvent] = {}
+        horizon = 0
+        for key, raw in (await backend.load_meta(JOURNAL_NAMESPACE)).items():
+            row = _decode_row(raw)
+            if isinstance(row, _Group):
+                groups.append((key, row))
+                horizon = max(horizon, row.horizon)
+                events = row.events
+            else:
+                legacy.append(key)
+                events = [row]
+            for event in events:
+                found[int(event.sequence)] = event
+        kept = [found[seq] for seq in sorted(found) if seq >= horizon][-self.capacity :]
         self.events.extend(kept)
-        if kept:
-            self.next_sequence = int(kept[-1].sequence) + 1
-        repairs: list[Change] = [
-            PutMeta(JOURNAL_NAMESPACE, key, None) for key in stored if key not in slots
-        ]
-        repairs += [
-            PutMeta(JOURNAL_NAMESPACE, key, _encode(event))
-            for key, event in slots.items()
-            if stored.get(key) is not event
-        ]
+        if found:
+            self.next_sequence = max(found) + 1
+        repairs: list[Change] = [PutMeta(JOURNAL_NAMESPACE, key, None) for key in legacy]
+        for key, group in sorted(groups, key=lambda item: item[0]):  # by first sequence
+            self._groups.append((key, len(group.events)))
+            self._stored += len(group.events)
+        if legacy and kept:
+            first = int(kept[0].sequence)
+            rewritten = _Group(first, list(kept))
+            repairs.append(PutMeta(JOURNAL_NAMESPACE, _group_key(first), _encode(rewritten)))
+            self._groups.append((_group_key(first), len(rewritten.events)))
+            self._stored += len(rewritten.events)
+        self._trim(repairs)
         if repairs:
             await backend.store_batch(repairs)
         return len(kept)
 
-    def _slot(self, sequence: int) -> str:
-        return str(sequence % self.capacity).zfill(20)
+    def _trim(self, changes: list[Change]) -> None:
+        """Delete the oldest groups while the newer ones hold `capacity` events."""
+        groups = self._groups
+        while groups and self._stored - groups[0][1] >= self.capacity:
+            key, count = groups.popleft()
+            self._stored -= count
+            changes.append(PutMeta(JOURNAL_NAMESPACE, key, None))
 
-    def observe(self, applied: Applied, recording: Recording) -> None:
-        """The change observer: journal `applied`, persist it with `recording`, stream it."""
-        for sequence, event in self._events_of(applied):
-            self._append(sequence, event, recording)
+    def observe(self, applied: Sequence[Applied], recording: Recording) -> None:
+        """The change observer: journal `applied` and persist it with `recording` (one
+        group row), then stream it."""
+        events = [event for one in applied for event in self._events_of(one)]
+        if not events:
+            return
+        self.events.extend(events)  # drops the oldest beyond `capacity`
+        first = int(events[0].sequence)
+        key = _group_key(first)
+        horizon = self.next_sequence - self.capacity
+        changes = recording.changes
+        changes.append(PutMeta(JOURNAL_NAMESPACE, key, _encode(_Group(horizon, events))))
+        self._groups.append((key, len(events)))
+        self._stored += len(events)
+        self._trim(changes)
+        if self._subscriptions:
+            for event in events:
+                self._stream(event)
 
-    def _events_of(self, applied: Applied) -> list[tuple[int, JournalEvent]]:
-        """(sequence, event) for each change of `applied`."""
-        found: list[tuple[int, JournalEvent]] = []
+    def _events_of(self, applied: Applied) -> list[JournalEvent]:
+        """The numbered event of each change of `applied`."""
+        found: list[JournalEvent] = []
         for payload in applied.events:
             if payload.record is not None:
                 found.append(self._lww_event(applied, payload.record))
@@ -165,7 +221,7 @@ class Journal:
                 )
         return found
 
-    def _lww_event(self, applied: Applied, record: LWWRecord) -> tuple[int, JournalEvent]:
+    def _lww_event(self, applied: Applied, record: LWWRecord) -> JournalEvent:
         previous = applied.previous
         live_before = previous is not None and previous.value is not None
         if live_before and previous is not None and previous.ttl_ms is not None:
@@ -185,10 +241,10 @@ class Journal:
         value: object = UNSET,
         previous: object = UNSET,
         metadata: dict[str, object] | None = None,
-    ) -> tuple[int, JournalEvent]:
+    ) -> JournalEvent:
         sequence = self.next_sequence
         self.next_sequence += 1
-        return sequence, JournalEvent(
+        return JournalEvent(
             sequence=str(sequence),
             type=kind,
             map_name=applied.map_name,
@@ -199,12 +255,6 @@ class Journal:
             previous_value=previous,
             metadata=metadata,
         )
-
-    def _append(self, sequence: int, event: JournalEvent, recording: Recording) -> None:
-        self.events.append(event)  # drops the oldest beyond `capacity`
-        recording.changes.append(PutMeta(JOURNAL_NAMESPACE, self._slot(sequence), _encode(event)))
-        if self._subscriptions:
-            self._stream(event)
 
     # -- reading ------------------------------------------------------------------------
 

@@ -8,19 +8,23 @@ recording's changes to the storage writer and remembers, per key, the commit tha
 key's latest state: an op that changed nothing (a replay) asking for `PERSISTED` waits for
 that commit rather than reporting a state that is not on disk yet.
 
-Under a storage `MemoryBudget` (a tiering wrapper asks for one) the registry keeps LWW
-values within the budget: it accounts every stored value in a `HotSet`, evicts the least
-recently used committed ones past the high-water mark (their records go cold: timestamps
-and Merkle hashes stay), and `holding` loads cold values back before a request reads them.
+Under a storage `MemoryBudget` (a tiering wrapper asks for one) the registry keeps map
+values within the budget: it accounts every stored value in a `HotSet` (per LWW key its
+value, per OR-Map key its records' values), evicts the least recently used committed ones
+past the high-water mark (their records go cold: tags, timestamps, tombstones and Merkle
+hashes stay), and `holding` loads cold values back before a request reads them. At start a
+`PagedBackend` is loaded page by page with evictions in between, so that a dataset larger
+than the budget starts without ever being held whole.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import msgspec
@@ -46,6 +50,8 @@ from topgun.storage import (
     MapKind,
     MapSnapshot,
     MemoryBudget,
+    ORSnapshot,
+    PagedBackend,
     PruneORTag,
     PruneRecord,
     PutMeta,
@@ -54,6 +60,7 @@ from topgun.storage import (
     StorageBackend,
     StorageError,
     StorageWriter,
+    value_size,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,6 +73,16 @@ _PENDING_SWEEP_AT: Final = 4096
 
 _LOAD_CHUNK: Final = 500
 """Cold keys asked of storage per `load_keys` call."""
+
+_FIRST_PAGE: Final = 1
+"""Keys of the first page a map is loaded with under a budget; later pages are sized from
+the bytes per key of the page before, growing at most 4x a page."""
+
+_PAGE_SHARE: Final = 16
+"""A later page aims at this fraction (1/n) of the budget..."""
+
+_MAX_PAGE: Final = 5000
+"""...and holds at most this many keys."""
 
 _EVICT_SKIPS: Final = 1024
 """Values an eviction pass steps over (pinned, or not committed yet) before it stops: under
@@ -94,15 +111,17 @@ class Recording:
 class _RecordingBlock:
     """`MapRegistry.recording()`: a plain context manager (one is opened per op)."""
 
-    __slots__ = ("_registry",)
+    __slots__ = ("_into", "_registry")
 
-    def __init__(self, registry: MapRegistry) -> None:
+    def __init__(self, registry: MapRegistry, into: Recording | None) -> None:
         self._registry = registry
+        self._into = into
 
     def __enter__(self) -> Recording:
         if self._registry._recording is not None:
             raise RuntimeError("a map recording is already open")
-        recording = self._registry._recording = Recording()
+        recording = self._into if self._into is not None else Recording()
+        self._registry._recording = recording
         return recording
 
     def __exit__(self, *exc_info: object) -> None:
@@ -166,7 +185,10 @@ class MapRegistry:
         self._sweep_at = _PENDING_SWEEP_AT
         self._backend: StorageBackend | None = None
         self.hot: HotSet | None = None
-        """The accounting of hot LWW values under a memory budget; `None` without one."""
+        """The accounting of hot values under a memory budget; `None` without one."""
+        self._unsubmitted: set[tuple[str, str]] = set()
+        """Under a budget, (map, key) changed in memory but not yet handed to storage: not
+        evictable, since storage could not give their values back."""
         self._archived: dict[str, MapKind] = {}
         self._restoring: dict[str, anyio.Event] = {}
         self.on_restore: list[Callable[[str], Awaitable[None] | None]] = []
@@ -179,7 +201,7 @@ class MapRegistry:
         self.tiered = self.hot is not None or bool(self._archived)
 
     def set_budget(self, budget: MemoryBudget) -> None:
-        """Keep LWW values within `budget` from now on (call before `load`)."""
+        """Keep map values within `budget` from now on (call before `load`)."""
         if self._lww or self._or:
             raise RuntimeError("set the memory budget before maps are loaded or written")
         self.hot = HotSet(budget)
@@ -202,6 +224,10 @@ class MapRegistry:
     def ormap(self, name: str) -> ORMap | None:
         """The OR-Map `name`, if it exists and is one."""
         return self._or.get(name)
+
+    def _crdt(self, name: str) -> LWWMap | ORMap | None:
+        found = self._lww.get(name)
+        return found if found is not None else self._or.get(name)
 
     def names(self) -> list[str]:
         """Every map's name, sorted."""
@@ -234,17 +260,18 @@ class MapRegistry:
             if name in self._archived:
                 raise RuntimeError(f"map {name!r} is archived: ensure_loaded() it first")
             found = self._or[name] = ORMap(self.hlc)
-            found.on_change(self._or_listener(name))
+            found.on_change(self._or_listener(name, found))
         return found
 
     # -- changes --------------------------------------------------------------------------
 
-    def recording(self) -> _RecordingBlock:
-        """Collect the events and storage changes of every change made inside the block.
+    def recording(self, into: Recording | None = None) -> _RecordingBlock:
+        """Collect the events and storage changes of every change made inside the block, in
+        a new `Recording` or appended to `into` (a request's ops share one).
 
         The block must not await: changes of other requests would land in this recording.
         """
-        return _RecordingBlock(self)
+        return _RecordingBlock(self, into)
 
     def _active(self) -> Recording:
         if self._recording is None:
@@ -253,9 +280,12 @@ class MapRegistry:
 
     def _lww_listener(self, name: str) -> LWWListener:
         def changed(key: str, record: LWWRecord) -> None:
-            recording = self._active()
+            recording = self._recording
+            if recording is None:
+                raise RuntimeError("maps change only inside MapRegistry.recording()")
             if self.hot is not None:
                 self.hot.note(name, key, record.value)
+                self._unsubmitted.add((name, key))
             recording.changes.append(PutRecord(name, key, record))
             recording.events.append(
                 EventPayload(
@@ -269,9 +299,12 @@ class MapRegistry:
 
         return changed
 
-    def _or_listener(self, name: str) -> ORMapListener:
+    def _or_listener(self, name: str, ormap: ORMap) -> ORMapListener:
         def changed(key: str, tag: str, record: ORMapRecord | None) -> None:
             recording = self._active()
+            if self.hot is not None:
+                self.hot.note_bytes(name, key, or_key_bytes(ormap, key))
+                self._unsubmitted.add((name, key))
             if record is not None:
                 recording.changes.append(AddORRecord(name, key, record))
                 recording.events.append(
@@ -340,6 +373,14 @@ class MapRegistry:
                 changes.append(PutMeta(PRUNE_HORIZON_NAMESPACE, name, horizon))
         return changes
 
+    def or_write_keys(self, name: str, key: str, tag: str | None) -> list[str]:
+        """The keys of OR-Map `name` whose records a write of `key` changes: `key`, and for
+        a removal of `tag` the keys holding it (what must be hot before the write)."""
+        ormap = self._or.get(name)
+        if ormap is None or tag is None:
+            return [key]
+        return [key, *(k for k in ormap.keys_holding(tag) if k != key)]
+
     def is_tombstoned(self, name: str, tag: str) -> bool:
         """Whether `tag` is tombstoned in OR-Map `name`."""
         ormap = self._or.get(name)
@@ -376,9 +417,50 @@ class MapRegistry:
 
     async def _load_maps(self, backend: StorageBackend, names: list[str]) -> None:
         for name in names:
+            if self.hot is not None and isinstance(backend, PagedBackend):
+                await self._load_paged(backend, name, self.hot)
+                continue
             snapshot = await backend.load_map(name)
             if snapshot is not None:
                 self._install(name, snapshot)
+
+    async def _load_paged(self, backend: PagedBackend, name: str, hot: HotSet) -> None:
+        """Load map `name` page by page, evicting down to the low-water mark after each, so
+        that loading holds at most about the high-water mark plus one page of values."""
+        after: str | None = None
+        limit = _FIRST_PAGE
+        while True:
+            page = await backend.load_page(name, after, limit)
+            if page is None:
+                break
+            snapshot, before = page.snapshot, hot.used
+            if isinstance(snapshot, LWWSnapshot):
+                lww = self._lww.get(name)
+                if lww is None:
+                    lww = self._lww[name] = LWWMap(self.hlc)
+                lww.merge_many(list(snapshot.records.items()))
+                for key, record in snapshot.records.items():
+                    hot.note(name, key, record.value)
+            else:
+                ormap = self._or.get(name)
+                if ormap is None:
+                    ormap = self._or[name] = ORMap(self.hlc)
+                newest = ormap.restore(snapshot.records, snapshot.tombstones)
+                if newest is not None:
+                    self.hlc.update(newest)
+                for key in snapshot.records:
+                    hot.note_bytes(name, key, or_key_bytes(ormap, key))
+            per_key = max(1, (hot.used - before) // max(1, len(snapshot.records)))
+            self.enforce_budget()
+            if page.next_after is None:
+                break
+            after = page.next_after
+            fits = hot.budget.budget_bytes // _PAGE_SHARE // per_key
+            limit = max(1, min(_MAX_PAGE, 4 * limit, fits))
+        if name in self._lww:
+            self._lww[name].on_change(self._lww_listener(name))
+        elif name in self._or:
+            self._or[name].on_change(self._or_listener(name, self._or[name]))
 
     def _install(self, name: str, snapshot: MapSnapshot) -> None:
         """Make map `name` hold `snapshot` (loaded state is neither persisted again nor
@@ -397,8 +479,12 @@ class MapRegistry:
             newest = ormap.restore(snapshot.records, snapshot.tombstones)
             if newest is not None:
                 self.hlc.update(newest)
-            ormap.on_change(self._or_listener(name))
+            ormap.on_change(self._or_listener(name, ormap))
             self._or[name] = ormap
+            if self.hot is not None:
+                for key in snapshot.records:
+                    self.hot.note_bytes(name, key, or_key_bytes(ormap, key))
+                self.enforce_budget()
 
     async def ensure_loaded(self, name: str) -> None:
         """Bring map `name` back from the archive if it is archived (once, however many
@@ -452,8 +538,10 @@ class MapRegistry:
             self._sweep_at = max(_PENDING_SWEEP_AT, 2 * len(pending))
         for key in recording.keys:
             pending[key] = commit
-        if self.hot is not None and self.hot.over:
-            self.enforce_budget()
+        if self.hot is not None:
+            self._unsubmitted.difference_update(recording.keys)
+            if self.hot.over:
+                self.enforce_budget()
         return commit
 
     def pending_commit(self, name: str, key: str) -> Commit | None:
@@ -493,14 +581,15 @@ class MapRegistry:
         return held
 
     async def _thaw(self, name: str, keys: list[str] | None) -> None:
-        """Load the cold values among `keys` of LWW map `name` (every key when `None`)."""
-        hot, lww, backend = self.hot, self._lww.get(name), self._backend
-        if hot is None or lww is None:
+        """Load the cold values among `keys` of map `name` (every key when `None`)."""
+        hot, backend = self.hot, self._backend
+        crdt = self._crdt(name)
+        if hot is None or crdt is None:
             return
         if keys is None:
-            cold = sorted(lww.cold_keys())
+            cold = sorted(crdt.cold_keys())
         else:
-            cold = [key for key in keys if lww.is_cold(key)]
+            cold = [key for key in keys if crdt.is_cold(key)]
             for key in keys:
                 hot.touch(name, key)
         if not cold:
@@ -510,22 +599,47 @@ class MapRegistry:
         for start in range(0, len(cold), _LOAD_CHUNK):
             chunk = cold[start : start + _LOAD_CHUNK]
             snapshot = await backend.load_keys(name, chunk)
-            records = snapshot.records if isinstance(snapshot, LWWSnapshot) else {}
             for key in chunk:
-                if not lww.is_cold(key):
+                if not crdt.is_cold(key):
                     continue  # written (or loaded by another request) meanwhile
-                record = records.get(key)
-                if record is None:
-                    raise StorageError(
-                        f"map {name!r}: storage does not hold key {key!r}, whose value was "
-                        "evicted from memory"
-                    )
-                try:
-                    lww.thaw(key, record)
-                except ValueError as exc:
-                    raise StorageError(f"map {name!r}: {exc}") from None
-                hot.note(name, key, record.value)
+                if isinstance(crdt, LWWMap):
+                    records = snapshot.records if isinstance(snapshot, LWWSnapshot) else {}
+                    record = records.get(key)
+                    if record is None:
+                        raise StorageError(
+                            f"map {name!r}: storage does not hold key {key!r}, whose value was "
+                            "evicted from memory"
+                        )
+                    _thawed(name, crdt.thaw, key, record)
+                    hot.note(name, key, record.value)
+                else:
+                    found = snapshot.records if isinstance(snapshot, ORSnapshot) else {}
+                    _thawed(name, crdt.thaw, key, found.get(key, []))
+                    hot.note_bytes(name, key, or_key_bytes(crdt, key))
                 hot.loads += 1
+
+    def evict_stored(self, name: str, stamps: Mapping[str, Timestamp]) -> int:
+        """Evict now the values of LWW map `name` whose storage moved elsewhere (an
+        archive): each key in `stamps` whose record in memory still has that timestamp and
+        is neither pinned nor awaiting its commit; returns how many were evicted."""
+        hot, lww = self.hot, self._lww.get(name)
+        if hot is None or lww is None:
+            return 0
+        evicted = 0
+        for key, stamp in stamps.items():
+            record, entry = lww.get_record(key), (name, key)
+            if (
+                record is None
+                or record.timestamp != stamp
+                or hot.pinned(entry)
+                or self.pending_commit(name, key) is not None
+            ):
+                continue
+            if entry in hot.lru:
+                hot.drop(entry)
+            if lww.evict(key):
+                evicted += 1
+        return evicted
 
     def enforce_budget(self) -> int:
         """Past the high-water mark, evict the least recently used values that are
@@ -536,21 +650,41 @@ class MapRegistry:
         state = (-1 if self.writer is None else self.writer.finished, hot.unpins)
         if hot.blocked == state:
             return 0  # nothing committed or unpinned since a pass found nothing to evict
-        lru, low, pending, maps = hot.lru, hot.budget.low_bytes, self._pending, self._lww
+        lru, low, pending = hot.lru, hot.budget.low_bytes, self._pending
         evicted = skipped = 0
         limit = min(len(lru), _EVICT_SKIPS)
         while hot.used > low and lru and skipped < limit:
             entry = next(iter(lru))
             commit = pending.get(entry)
-            if hot.pinned(entry) or (
-                commit is not None and not (commit.done and commit.error is None)
+            if (
+                hot.pinned(entry)
+                or (commit is not None and not (commit.done and commit.error is None))
+                or entry in self._unsubmitted
             ):
                 lru.move_to_end(entry)  # in use, or not in storage yet: later
                 skipped += 1
                 continue
             hot.drop(entry)
-            lww = maps.get(entry[0])
-            if lww is not None and lww.evict(entry[1]):
+            crdt = self._crdt(entry[0])
+            if crdt is not None and crdt.evict(entry[1]):
                 evicted += 1
         hot.blocked = state if hot.used > low and skipped >= limit else None
         return evicted
+
+
+def or_key_bytes(ormap: ORMap, key: str) -> int:
+    """The estimated bytes the values of `key`'s records take in memory, with the hash
+    strings cached for them (0 when cold)."""
+    if ormap.is_cold(key):
+        return 0
+    strings = sum(sys.getsizeof(text) for text in ormap.hash_strings(key))
+    return strings + sum(value_size(record.value) for record in ormap.records(key))
+
+
+def _thawed(name: str, thaw: Callable[[str, Any], bool], key: str, stored: Any) -> None:
+    """`thaw(key, stored)`, its `ValueError` (storage holds something else) as a
+    `StorageError` naming the map."""
+    try:
+        thaw(key, stored)
+    except ValueError as exc:
+        raise StorageError(f"map {name!r}: {exc}") from None

@@ -52,7 +52,7 @@ class ServerMetrics:
       retried since start; `topgun_storage_staged`: changes accepted but not yet durable
       (a write-behind backlog).
     - under a storage memory budget (tiering): `topgun_tier_budget_bytes`,
-      `topgun_tier_hot_bytes` (LWW values in memory and what live views keep, as the
+      `topgun_tier_hot_bytes` (map values in memory and what live views keep, as the
       budget counts them), and the cold-value loads and evictions since start,
       `topgun_tier_loads` / `topgun_tier_evictions`.
     """
@@ -140,8 +140,8 @@ class ServerMetrics:
     ) -> None:
         """Export the memory budget's gauges (only servers with one have them)."""
         for name, help_text, read in (
-            ("topgun_tier_budget_bytes", "Memory budget for LWW map values.", lambda: budget_bytes),
-            ("topgun_tier_hot_bytes", "LWW values and live views (estimated bytes).", hot_bytes),
+            ("topgun_tier_budget_bytes", "Memory budget for map values.", lambda: budget_bytes),
+            ("topgun_tier_hot_bytes", "Map values and live views (estimated bytes).", hot_bytes),
             ("topgun_tier_loads", "Cold values loaded from storage since start.", loads),
             ("topgun_tier_evictions", "Values evicted from memory since start.", evictions),
         ):

@@ -174,6 +174,7 @@ class Server:
             configured=config.resolvers,
         )
         self.writes.resolve = self.resolvers.resolve
+        self.writes.resolves = lambda name: name in self.resolvers.bindings
         self.writes.reads_previous = lambda name: (
             self.journal is not None or name in self.resolvers.bindings
         )

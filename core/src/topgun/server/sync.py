@@ -216,7 +216,8 @@ async def ormap_merkle_req_bucket(session: Session, message: ORMapMerkleReqBucke
         )
         return
     fields = _fields(session, name)
-    entries = [or_entry(ormap, key, fields) for key in keys]
+    async with maps.holding(name, keys):  # a leaf's cold values are loaded first
+        entries = [or_entry(ormap, key, fields) for key in keys]
     session.send(
         ORMapSyncRespLeaf(
             payload=ORMapSyncRespLeafPayload(map_name=name, path=path, entries=entries)
@@ -224,10 +225,13 @@ async def ormap_merkle_req_bucket(session: Session, message: ORMapMerkleReqBucke
     )
 
 
-def _diff_response(session: Session, name: str, keys: list[str]) -> None:
-    ormap = session.server.maps.ormap(name)
+async def _diff_response(session: Session, name: str, keys: list[str]) -> None:
+    maps = session.server.maps
     fields = _fields(session, name)
-    entries = [or_entry(ormap, key, fields) for key in dict.fromkeys(keys)]
+    wanted = list(dict.fromkeys(keys))
+    async with maps.holding(name, wanted):  # cold values are loaded first
+        ormap = maps.ormap(name)
+        entries = [or_entry(ormap, key, fields) for key in wanted]
     session.send(ORMapDiffResponse(payload=ORMapEntriesPayload(map_name=name, entries=entries)))
 
 
@@ -240,7 +244,7 @@ async def ormap_diff_request(session: Session, message: ORMapDiffRequest) -> Non
     if session.server.maps.kind(name) == "lww":
         _mismatch(session, "ORMAP_DIFF_REQUEST", name)
         return
-    _diff_response(session, name, message.payload.keys)
+    await _diff_response(session, name, message.payload.keys)
 
 
 async def ormap_push_diff(session: Session, message: ORMapPushDiff) -> None:
@@ -285,4 +289,4 @@ async def ormap_push_diff(session: Session, message: ORMapPushDiff) -> None:
     )
     await server.writes.settle(request, context)
     if stale:
-        _diff_response(session, name, stale)
+        await _diff_response(session, name, stale)

@@ -70,7 +70,10 @@ def current_value(maps: MapRegistry, map_name: str, key: str) -> Any:
 def is_cold(maps: MapRegistry, map_name: str, key: str) -> bool:
     """Whether the value of `key` must be loaded before it is read."""
     lww = maps.lww(map_name)
-    return lww is not None and lww.is_cold(key)
+    if lww is not None:
+        return lww.is_cold(key)
+    ormap = maps.ormap(map_name)
+    return ormap is not None and ormap.is_cold(key)
 
 
 async def scan(
@@ -238,9 +241,10 @@ class Outbox:
     ) -> None:
         """Send the frame `build` makes from the current value of (map_name, key), once it
         is in memory; with `stored`, from the version storage holds (the row as it was
-        before the changes being delivered, which are not persisted yet)."""
+        before the changes being delivered, which are not persisted yet; an OR-Map row is
+        read as it is now)."""
         maps = self._maps
-        if stored:
+        if stored and maps.lww(map_name) is not None:
             self._queue.append((session, frame_type, (map_name, key, build, _STORED)))
             return
         if not self._queue and not is_cold(maps, map_name, key):
@@ -258,7 +262,9 @@ class Outbox:
         """The value a waiting frame is built with; `_WAIT` while it must be loaded."""
         map_name, key, _, stamp = row
         lww = self._maps.lww(map_name)
-        if lww is None:
+        if lww is None:  # an OR-Map key: as it is now
+            if is_cold(self._maps, map_name, key):
+                return _WAIT
             return current_value(self._maps, map_name, key)
         record = lww.get_record(key)
         if stamp is not _STORED and record is not None and record.timestamp == stamp:
@@ -293,7 +299,9 @@ class Outbox:
                     map_name, key, _, stamp = item
                     lww = self._maps.lww(map_name)
                     record = None if lww is None else lww.get_record(key)
-                    if stamp is not _STORED and record is not None and record.timestamp == stamp:
+                    if lww is None or (
+                        stamp is not _STORED and record is not None and record.timestamp == stamp
+                    ):
                         cold.setdefault(map_name, {})[key] = None
                     else:
                         stale.setdefault(map_name, {})[key] = stamp

@@ -131,9 +131,10 @@ class Applied:
     """The events the op produced, in order."""
 
 
-ChangeObserver = Callable[[Applied, Recording], None]
-"""`observer(applied, recording)`: called right after an op changed a map (step 7); it may
-add storage changes of its own to `recording` (they are persisted with the request's)."""
+ChangeObserver = Callable[[Sequence[Applied], Recording], None]
+"""`observer(applied, recording)`: told, in op order, about ops that changed a map (step 7)
+before anything else can change one (a run of ops merged without awaiting is told at once);
+it may add storage changes of its own to `recording` (persisted with the request's)."""
 
 
 def _invalid(detail: str) -> OpFailed:
@@ -245,6 +246,8 @@ class WritePipeline:
         self.resolve: Callable[[ClientOp, WriteContext], Awaitable[ClientOp]] | None = None
         """Step 6, the conflict-resolver chain (`topgun.server.resolvers`): the op as the
         chain leaves it, or `OpFailed` (409) on a rejection."""
+        self.resolves: Callable[[str], bool] = lambda map_name: self.resolve is not None
+        """Whether the resolver chain may change writes to the map (else it is skipped)."""
 
     async def apply(
         self,
@@ -263,15 +266,21 @@ class WritePipeline:
         With `removal_needs_live_tag` (OR-Map pushes, §6.4) an `OR_REMOVE` needs the REMOVE
         permission only when it removes a live record; otherwise PUT. `trusted` writes are
         the server's own (TTL expiry): not authorized, still intercepted.
+
+        An op that needs no plugin, resolver or cold value is merged without awaiting, and
+        the change observers hear such runs of ops at once; every op's changes land in the
+        request's one `Recording`.
         """
         request = WriteRequest([], anyio.current_time())
         batch_concern = write_concern or DEFAULT_WRITE_CONCERN
         batch_timeout = DEFAULT_TIMEOUT_MS if timeout is None else timeout
         combined = Recording()
+        applied: list[Applied] = []  # merged, not yet told to the observers
         intercept = bool(self.pm.hook.before_op.get_hookimpls())
         granted: dict[tuple[str, Action], bool] = {}  # this request's permission answers
         if trusted:
             granted = _ALWAYS_GRANTED
+        newest_sent = -1
         for index, op in enumerate(ops):
             if isinstance(op, InvalidOp):
                 raw_id = op.raw.get("id") if isinstance(op.raw, dict) else None
@@ -291,18 +300,30 @@ class WritePipeline:
             )
             request.ops.append(state)
             try:
-                await self._apply_one(
-                    state,
-                    op,
-                    context,
-                    combined,
-                    intercept,
-                    removal_needs_live_tag,
-                    granted,
-                    trusted,
-                )
+                op_type, action, kind = classify(op)
+                sent = op.record or op.or_record
+                if sent is not None and sent.timestamp.millis > newest_sent:
+                    newest_sent = sent.timestamp.millis
+                self._authorize(op, op_type, action, context, removal_needs_live_tag, granted)
+                self._check_kind(op.map_name, kind)
+                if (
+                    intercept
+                    or self.maps.tiered
+                    or (not trusted and op_type in ("PUT", "REMOVE") and self.resolves(op.map_name))
+                ):
+                    self._observe(applied, combined)  # in order, before anything awaits
+                    await self._apply_awaiting(
+                        state, op, op_type, kind, context, combined, applied, intercept,
+                        removal_needs_live_tag, granted, trusted,
+                    )  # fmt: skip
+                    self._observe(applied, combined)
+                else:
+                    self._merge(state, op, op_type, combined, applied)
             except OpFailed as failure:
                 state.fail(failure.reason, failure.code)
+        self._observe(applied, combined)
+        if newest_sent >= 0 and self.record_sent is not None and context.connection is not None:
+            self.record_sent(context.connection, newest_sent)
         request.events = combined.events
         self.router.deliver(combined.events, origin)
         if self.router.settlers:
@@ -314,6 +335,13 @@ class WritePipeline:
             logger.error("storage refused the changes of a write request: %s", exc)
             request.storage_error = exc
         return request
+
+    def _observe(self, applied: list[Applied], recording: Recording) -> None:
+        """Tell the change observers about `applied` (then forget it)."""
+        if applied:
+            for observer in self.observers:
+                observer(applied, recording)
+            applied.clear()
 
     def _authorize(
         self,
@@ -340,23 +368,22 @@ class WritePipeline:
         if not allowed:
             raise OpFailed("Access denied", 403)
 
-    async def _apply_one(
+    async def _apply_awaiting(
         self,
         state: OpState,
         op: ClientOp,
+        op_type: OpType,
+        kind: MapKind,
         context: WriteContext,
         combined: Recording,
+        applied: list[Applied],
         intercept: bool,
         live_only: bool,
         granted: dict[tuple[str, Action], bool],
         trusted: bool,
     ) -> None:
-        op_type, action, kind = classify(op)
-        sent = op.record or op.or_record
-        if self.record_sent is not None and context.connection is not None and sent is not None:
-            self.record_sent(context.connection, sent.timestamp.millis)
-        self._authorize(op, op_type, action, context, live_only, granted)
-        self._check_kind(op.map_name, kind)
+        """Steps 5–7 for an op that awaits: `before_op` plugins, cold or archived values,
+        the resolver chain."""
         if intercept:
             replaced = await self._before_op(op, context)
             if replaced is not op:
@@ -367,43 +394,62 @@ class WritePipeline:
         held = None
         if self.maps.tiered:
             # An archived map comes back first; under a memory budget the key's value is
-            # loaded (and kept) if resolvers or the journal read it.
-            reads = self.reads_previous(op.map_name)
-            held = await self.maps.hold(op.map_name, (op.key,) if reads else ())
+            # loaded (and kept) if resolvers or the journal read it. An OR-Map write changes
+            # records in place: the keys it touches are always loaded.
+            if kind == "ormap":
+                await self.maps.ensure_loaded(op.map_name)  # to know who holds the tag
+                tag = op.or_tag if op_type == "OR_REMOVE" else None
+                keys = self.maps.or_write_keys(op.map_name, op.key, tag)
+            else:
+                keys = [op.key] if self.reads_previous(op.map_name) else []
+            held = await self.maps.hold(op.map_name, keys)
         try:
             if self.resolve is not None and op_type in ("PUT", "REMOVE") and not trusted:
                 state.op = op = await self.resolve(op, context)  # §6.1 step 6, §8.2
-            lww = self.maps.lww(op.map_name) if self.observers else None
-            previous = lww.get_record(op.key) if lww is not None else None
-            try:
-                with self.maps.recording() as recording:
-                    if op_type == "OR_ADD":
-                        assert op.or_record is not None
-                        self.maps.add_or(op.map_name, op.key, op.or_record)
-                    elif op_type == "OR_REMOVE":
-                        assert op.or_tag is not None
-                        self.maps.tombstone_or(op.map_name, op.or_tag, op.key)
-                    else:
-                        assert op.record is not None
-                        self.maps.merge_lww(op.map_name, op.key, op.record)
-            except ClockDriftError:
-                raise OpFailed("Clock drift", 400) from None
-            except MapKindMismatch:
-                raise OpFailed("Map type mismatch", 400) from None
-            except (TypeError, ValueError) as exc:  # a value the CRDT cannot hold
-                raise _invalid(str(exc)) from None
-            if recording.changes:
-                state.changed = True
-                combined.events.extend(recording.events)
-                combined.changes.extend(recording.changes)
-                combined.keys.update(recording.keys)
-                if self.observers:
-                    applied = Applied(op.map_name, op.key, previous, recording.events)
-                    for observer in self.observers:
-                        observer(applied, combined)
+            self._merge(state, op, op_type, combined, applied)
         finally:
             if held is not None:
                 held.release()
+
+    def _merge(
+        self,
+        state: OpState,
+        op: ClientOp,
+        op_type: OpType,
+        combined: Recording,
+        applied: list[Applied],
+    ) -> None:
+        """Step 7: merge the op into its map, recording into `combined`; an op that changed
+        the map joins `applied`."""
+        observed = bool(self.observers)
+        previous = None
+        if observed:
+            lww = self.maps.lww(op.map_name)
+            previous = lww.get_record(op.key) if lww is not None else None
+        changes_before = len(combined.changes)
+        events_before = len(combined.events)
+        try:
+            with self.maps.recording(combined):
+                if op_type == "OR_ADD":
+                    assert op.or_record is not None
+                    self.maps.add_or(op.map_name, op.key, op.or_record)
+                elif op_type == "OR_REMOVE":
+                    assert op.or_tag is not None
+                    self.maps.tombstone_or(op.map_name, op.or_tag, op.key)
+                else:
+                    assert op.record is not None
+                    self.maps.merge_lww(op.map_name, op.key, op.record)
+        except ClockDriftError:
+            raise OpFailed("Clock drift", 400) from None
+        except MapKindMismatch:
+            raise OpFailed("Map type mismatch", 400) from None
+        except (TypeError, ValueError) as exc:  # a value the CRDT cannot hold
+            raise _invalid(str(exc)) from None
+        if len(combined.changes) != changes_before:
+            state.changed = True
+            if observed:
+                events = combined.events[events_before:]
+                applied.append(Applied(op.map_name, op.key, previous, events))
 
     def _check_kind(self, map_name: str, kind: MapKind) -> None:
         try:

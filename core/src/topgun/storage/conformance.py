@@ -39,7 +39,9 @@ from topgun.storage.contract import (
     DeleteKey,
     LWWSnapshot,
     MapInfo,
+    MapPage,
     ORSnapshot,
+    PagedBackend,
     PruneORTag,
     PruneRecord,
     PutMeta,
@@ -370,6 +372,68 @@ class BackendConformance:
             just_a = await backend.load_keys("o", ["a", "zzz"])
             assert just_a == ORSnapshot("o", {"a": [a]}, {})
             assert await backend.load_keys("nope", ["a"]) is None
+
+    @asynccontextmanager
+    async def paged(self, open_backend: OpenBackend) -> AsyncIterator[PagedBackend]:
+        async with self.opened(open_backend) as backend:
+            if not isinstance(backend, PagedBackend):
+                pytest.skip(f"{type(backend).__name__} is not a PagedBackend")
+            yield backend
+
+    @pytest.mark.anyio
+    async def test_load_page_hands_out_every_key_once_in_order(
+        self, open_backend: OpenBackend
+    ) -> None:
+        lww = {k: LWWRecord(k, ts(i + 1)) for i, k in enumerate(KEYS)} | {
+            "dead": LWWRecord(None, ts(9))
+        }
+        a, b, gone = or_record("a", ts(1)), or_record({"b": 1}, ts(2), 50), or_record("x", ts(3))
+        async with self.paged(open_backend) as backend:
+            await backend.store_batch(
+                [PutRecord("m", k, r) for k, r in lww.items()]
+                + [AddORRecord("o", k, a) for k in ("", "emoji 😀")]
+                + [
+                    AddORRecord("o", k, r)
+                    for k, r in (("k", b), ("k", gone), ("z", or_record(1, ts(4))))
+                ]
+                + [RemoveORTag("o", gone.tag), RemoveORTag("o", str(ts(5)), key="only-dead")]
+                + [RemoveORTag("o", str(ts(6)))]
+            )
+            whole = {}
+            for name in ("m", "o"):
+                pages, after = [], None
+                while True:
+                    page = await backend.load_page(name, after, 2)
+                    assert page is not None
+                    assert len(page.snapshot.records) <= 2
+                    pages.append(page)
+                    if page.next_after is None:
+                        break
+                    assert page.next_after == max(page.snapshot.records)
+                    after = page.next_after
+                keys = [key for page in pages for key in page.snapshot.records]
+                assert keys == sorted(keys)
+                assert len(set(keys)) == len(keys)
+                whole[name] = pages
+            assert {k: r for p in whole["m"] for k, r in p.snapshot.records.items()} == lww
+            assert len(whole["m"]) == 4  # 8 keys, 2 a page (the last page is full)
+            stored = await backend.load_map("o")
+            assert isinstance(stored, ORSnapshot)
+            first, *later = [p.snapshot for p in whole["o"]]
+            assert isinstance(first, ORSnapshot)
+            assert first.tombstones == stored.tombstones  # every tombstone, on the first page
+            assert all(isinstance(p, ORSnapshot) and p.tombstones == {} for p in later)
+            assert {k: r for p in whole["o"] for k, r in p.snapshot.records.items()} == (
+                stored.records
+            )
+            assert await backend.load_page("m", "\U0010ffff", 5) == MapPage(
+                LWWSnapshot("m", {}), None
+            )
+            assert await backend.load_page("nope", None, 5) is None
+            with pytest.raises(ValueError, match="at least 1"):
+                await backend.load_page("m", None, 0)
+            with pytest.raises(TypeError, match="after"):
+                await backend.load_page("m", 5, 1)  # type: ignore[arg-type]
 
     @pytest.mark.anyio
     async def test_delete_forgets_keys_of_either_kind(self, open_backend: OpenBackend) -> None:

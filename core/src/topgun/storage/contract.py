@@ -139,6 +139,13 @@ def _check_timestamp(index: int, change: object, name: str, ts: object) -> None:
     _check_str(index, change, f"{name} node id", ts.node_id)
 
 
+class CheckedBatch(list[Change]):
+    """Changes that passed `check_batch` already (a storage writer's transaction): a
+    backend's own `check_batch` at its door lets them through without a second pass."""
+
+    __slots__ = ()
+
+
 def check_batch(changes: object) -> None:
     """Raise `InvalidChangeError` naming the first malformed change of `changes`.
 
@@ -146,6 +153,8 @@ def check_batch(changes: object) -> None:
     its door: names, keys and tags are `str`, records are the record types with valid
     timestamps and TTLs, OR tags equal their timestamp's string form, meta values bytes.
     """
+    if changes.__class__ is CheckedBatch:
+        return
     if isinstance(changes, str | bytes) or not isinstance(changes, Sequence):
         raise InvalidChangeError(f"a batch is a sequence of changes, got {type(changes).__name__}")
     for index, change in enumerate(changes):
@@ -279,6 +288,28 @@ MapSnapshot = LWWSnapshot | ORSnapshot
 """What `load_map` and `load_keys` return."""
 
 
+class MapPage(msgspec.Struct, frozen=True):
+    """One page of a stored map, as `PagedBackend.load_page` returns it."""
+
+    snapshot: MapSnapshot
+    """The records of the page's keys. An OR-Map's first page also holds every tombstone of
+    the map (they carry no values, and the server keeps them all in memory anyway); later
+    pages hold none."""
+    next_after: str | None
+    """Where the next page starts (pass it as `after`); `None` when this page is the last."""
+
+
+def check_page_request(after: object, limit: object) -> None:
+    """Raise `TypeError`/`ValueError` unless `after` is a str or None and `limit` an int ≥ 1
+    (the arguments of `PagedBackend.load_page`)."""
+    if after is not None and type(after) is not str:
+        raise TypeError(f"after must be a str or None, got {type(after).__name__}")
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+
+
 # --- backends --------------------------------------------------------------------------
 
 
@@ -323,6 +354,22 @@ class StorageBackend(Protocol):
 
     async def close(self) -> None:
         """Finish and release the storage; a second call does nothing."""
+        ...
+
+
+@runtime_checkable
+class PagedBackend(StorageBackend, Protocol):
+    """A storage backend that can hand out a map page by page: what lets a server with a
+    memory budget load a map larger than that budget without ever holding all of it.
+    Optional: without it the server loads each map whole (`load_map`)."""
+
+    async def load_page(self, name: str, after: str | None, limit: int) -> MapPage | None:
+        """The stored state of the keys of map `name` that sort after `after` (in code
+        point order; from the first key when `None`): at most `limit` keys with their
+        records, plus, on an OR-Map's first page, every tombstone of the map. A wrapper
+        around a backend that cannot page may answer the whole map as its only page.
+        `None` if the map is not stored. Raises `TypeError`/`ValueError` for bad arguments
+        (`check_page_request`)."""
         ...
 
 

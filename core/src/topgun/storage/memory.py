@@ -9,6 +9,7 @@ over the same store sees what earlier ones committed.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from topgun.storage.contract import (
     LWWSnapshot,
     MapInfo,
     MapKind,
+    MapPage,
     MapSnapshot,
     ORSnapshot,
     PruneORTag,
@@ -37,6 +39,7 @@ from topgun.storage.contract import (
     StorageBackend,
     StoredValue,
     check_batch,
+    check_page_request,
     encoded_value,
     kind_mismatch,
     kind_of,
@@ -132,8 +135,10 @@ class MemoryBackend:
                 records[key] = LWWRecord(value, timestamp, ttl)
             return LWWSnapshot(name, records)
         or_records: dict[str, list[ORMapRecord]] = {}
-        for key, tags in sorted(store.or_records[name].items()):
-            if (keys is None or key in keys) and tags:
+        by_key = store.or_records[name]
+        for key in sorted(by_key) if keys is None else sorted(keys.intersection(by_key)):
+            tags = by_key[key]
+            if tags:
                 context = _ctx("ormap", name, key)
                 or_records[key] = [
                     ORMapRecord(codecs.unpack(blob, context), timestamp, tag, ttl)
@@ -145,6 +150,22 @@ class MemoryBackend:
             if keys is None or key in keys
         }
         return ORSnapshot(name, or_records, tombstones)
+
+    async def load_page(self, name: str, after: str | None, limit: int) -> MapPage | None:
+        check_page_request(after, limit)
+        store = self._check_open()
+        kind = store.kinds.get(name)
+        if kind is None:
+            return None
+        stored = store.lww[name] if kind == "lww" else store.or_records[name]
+        candidates = (k for k, v in stored.items() if v and (after is None or k > after))
+        keys = heapq.nsmallest(limit + 1, candidates)
+        snapshot = self._load(name, set(keys[:limit]))
+        if isinstance(snapshot, ORSnapshot):
+            tombstones = dict(sorted(store.or_tombstones[name].items())) if after is None else {}
+            snapshot = ORSnapshot(name, snapshot.records, tombstones)
+        assert snapshot is not None
+        return MapPage(snapshot, keys[limit - 1] if len(keys) > limit else None)
 
     async def load_meta(self, namespace: str) -> dict[str, bytes]:
         store = self._check_open()

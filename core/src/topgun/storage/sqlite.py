@@ -40,6 +40,7 @@ from topgun.storage.contract import (
     LWWSnapshot,
     MapInfo,
     MapKind,
+    MapPage,
     MapSnapshot,
     ORSnapshot,
     PruneORTag,
@@ -50,6 +51,7 @@ from topgun.storage.contract import (
     StorageBackend,
     StoredValue,
     check_batch,
+    check_page_request,
     encoded_value,
     kind_mismatch,
     kind_of,
@@ -191,7 +193,11 @@ class SQLiteBackend:
             # timeout=0: the one connection never waits for a lock; a busy file means
             # another process holds it, which is reported at once.
             conn = sqlite3.connect(
-                self.path, timeout=0, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=0,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=_STATEMENT_CACHE,
             )
         try:
             with self._translated("opening"):
@@ -270,6 +276,35 @@ class SQLiteBackend:
     async def load_keys(self, name: str, keys: Iterable[str]) -> MapSnapshot | None:
         return await self._call(self._load, name, sorted(set(keys)))
 
+    async def load_page(self, name: str, after: str | None, limit: int) -> MapPage | None:
+        check_page_request(after, limit)
+        return await self._call(self._load_page, name, after, limit)
+
+    def _load_page(self, name: str, after: str | None, limit: int) -> MapPage | None:
+        conn = self._connection()
+        found = self._maps.get(name)
+        if found is None:
+            return None
+        map_id, kind = found
+        table = "lww_records" if kind == "lww" else "or_records"
+        where, args = ("", (map_id,)) if after is None else (" AND key > ?", (map_id, after))
+        with self._translated(f"loading a page of map {name!r}"):
+            keys = [
+                key
+                for (key,) in conn.execute(
+                    f"SELECT DISTINCT key FROM {table} WHERE map_id = ?{where}"
+                    " ORDER BY key LIMIT ?",
+                    (*args, limit + 1),
+                )
+            ]
+            page = keys[:limit]
+            snapshot: MapSnapshot
+            if kind == "lww":
+                snapshot = self._load_lww(conn, name, map_id, page)
+            else:
+                snapshot = self._load_or(conn, name, map_id, page, all_tombstones=after is None)
+        return MapPage(snapshot, page[-1] if len(keys) > limit else None)
+
     def _load(self, name: str, keys: list[str] | None) -> MapSnapshot | None:
         conn = self._connection()
         found = self._maps.get(name)
@@ -313,8 +348,16 @@ class SQLiteBackend:
         return LWWSnapshot(name, records)
 
     def _load_or(
-        self, conn: sqlite3.Connection, name: str, map_id: int, keys: list[str] | None
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        map_id: int,
+        keys: list[str] | None,
+        *,
+        all_tombstones: bool | None = None,
     ) -> ORSnapshot:
+        """The records of `keys` (every key when `None`) and their tombstones; a page
+        (`all_tombstones` not `None`) has every tombstone of the map, or none."""
         unpack = self.codecs.unpack
         query = (
             "SELECT key, tag, value, millis, counter, node_id, ttl_ms FROM or_records"
@@ -329,7 +372,11 @@ class SQLiteBackend:
         for tag_list in records.values():
             tag_list.sort(key=lambda record: record.tag)
         query = "SELECT key, tag FROM or_tombstones WHERE map_id = ?"
-        pairs = sorted((tag, key) for key, tag in self._rows(conn, query, map_id, keys))
+        if all_tombstones is None:
+            rows = self._rows(conn, query, map_id, keys)
+        else:
+            rows = self._rows(conn, query, map_id, None) if all_tombstones else []
+        pairs = sorted((tag, key) for key, tag in rows)
         return ORSnapshot(name, records, dict(pairs))
 
     async def load_meta(self, namespace: str) -> dict[str, bytes]:
@@ -639,15 +686,31 @@ def _upsert(
     per_statement = max(1, min(_ROWS_PER_STATEMENT, limit))
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        conn.execute(statement(len(chunk)), [value for row in chunk for value in row])
+        params = [value for row in chunk for value in row]
+        size = len(chunk)
+        if size > _PAD_STEP:
+            # Round up to a multiple of `_PAD_STEP` by repeating the last row (a no-op the
+            # second time: an upsert of what the row just stored), so a few dozen statement
+            # shapes serve every batch size from the connection's statement cache instead of
+            # compiling a new statement for almost every transaction.
+            padded = min(-(-size // _PAD_STEP) * _PAD_STEP, per_statement)
+            params.extend(chunk[-1] * (padded - size))
+            size = padded
+        conn.execute(statement(size), params)
     rows.clear()
 
 
 _ROWS_PER_STATEMENT: Final = 1000
 """Rows per multi-row upsert at most (the writer's default transaction size)."""
 
+_PAD_STEP: Final = 16
+"""Multi-row upserts of more rows than this have a multiple of it (see `_upsert`)."""
 
-@functools.lru_cache(maxsize=64)
+_STATEMENT_CACHE: Final = 256
+"""Compiled statements kept per connection: every upsert shape of both tables, and more."""
+
+
+@functools.lru_cache(maxsize=_STATEMENT_CACHE)
 def _put_lww(rows: int) -> str:
     """Upsert `rows` LWW records, in order, each unless the stored one is newer."""
     return (
@@ -661,7 +724,7 @@ def _put_lww(rows: int) -> str:
     )
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_STATEMENT_CACHE)
 def _put_meta(rows: int) -> str:
     """Upsert `rows` meta rows, in order."""
     return (

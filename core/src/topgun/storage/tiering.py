@@ -1,12 +1,14 @@
 """Memory budgets: what a tiering storage wrapper tells the server about holding map data.
 
 A backend (usually a wrapper, such as `topgun-tiered`'s) that has a `memory_budget`
-attribute asks the server to keep the values of its LWW maps within that many bytes: past
-the high-water mark the least recently used values are evicted (their records go *cold*:
-key, timestamp and TTL stay in memory, the value stays in storage) down to the low-water
-mark, and every read that needs a cold value loads it back with `load_keys`. Sizes are
-estimated by `value_size`. A backend with `archived_maps` (`ArchivingBackend`) keeps whole
-maps out of the server's memory until a request names them.
+attribute asks the server to keep the values of its maps (LWW values, OR-Map record values)
+within that many bytes: past the high-water mark the least recently used values are evicted
+(their records go *cold*: keys, tags, timestamps and TTLs stay in memory, the values stay
+in storage) down to the low-water mark, and every read that needs a cold value loads it
+back with `load_keys`. Sizes are estimated by `value_size`; a `PagedBackend` is loaded page
+by page at start so that loading stays within the budget too. A backend with
+`archived_maps` (`ArchivingBackend`) keeps whole maps out of the server's memory until a
+request names them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ _getsizeof = sys.getsizeof
 
 @dataclass(frozen=True, slots=True)
 class MemoryBudget:
-    """How many bytes of LWW map values the server keeps in memory."""
+    """How many bytes of map values the server keeps in memory."""
 
     budget_bytes: int = DEFAULT_BUDGET_BYTES
     high_water: float = 0.85

@@ -25,6 +25,8 @@ changes are flushed oldest first, in transactions of up to `flush_batch` changes
 - **Drain.** `close()` flushes everything staged (retrying) before closing the backend.
 - **Re-encoding** (`RecodableBackend`, for key rotation) is forwarded to the wrapped
   backend once everything staged is flushed.
+- **Pages** (`PagedBackend`) are forwarded to the wrapped backend once the changes staged
+  for that map are flushed (a backend that cannot page answers the whole map as one page).
 
 `initialize()` starts the flushing task in a task group that `close()` ends: call both
 from the same task (as the server does), like entering and leaving a context manager.
@@ -53,8 +55,10 @@ from topgun.storage.contract import (
     LWWSnapshot,
     MapInfo,
     MapKind,
+    MapPage,
     MapSnapshot,
     ORSnapshot,
+    PagedBackend,
     PruneRecord,
     PutMeta,
     PutRecord,
@@ -65,6 +69,7 @@ from topgun.storage.contract import (
     StorageStatus,
     StoredValue,
     check_batch,
+    check_page_request,
     kind_mismatch,
     kind_of,
 )
@@ -388,6 +393,16 @@ class WriteBehind:
 
     async def load_keys(self, name: str, keys: Iterable[str]) -> MapSnapshot | None:
         return await self._load(name, list(keys))
+
+    async def load_page(self, name: str, after: str | None, limit: int) -> MapPage | None:
+        check_page_request(after, limit)
+        self._check_open()
+        if not isinstance(self.backend, PagedBackend):
+            whole = await self._load(name, None)
+            return None if whole is None else MapPage(whole, None)
+        if any(not isinstance(c, PutMeta) and c.map_name == name for c in self._pending()):
+            await self.wait_durable(self.durability_mark())
+        return await self.backend.load_page(name, after, limit)
 
     def _pending(self) -> list[Change]:
         """Every change not yet known to be committed, oldest first."""

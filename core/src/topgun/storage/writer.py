@@ -28,7 +28,13 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from topgun.storage.contract import Change, DeferredDurability, StorageBackend, check_batch
+from topgun.storage.contract import (
+    Change,
+    CheckedBatch,
+    DeferredDurability,
+    StorageBackend,
+    check_batch,
+)
 from topgun.storage.errors import StorageClosedError, StorageWriteError
 
 
@@ -175,10 +181,10 @@ class StorageWriter:
         if self._task_group is None or self._closing:
             raise StorageClosedError("the storage writer is not running")
         check_batch(changes)
+        batch = list(changes)  # what was checked is what is committed
         await anyio.lowlevel.checkpoint()  # always yield (and take a cancellation) first
         if self._closing:
             raise StorageClosedError("the storage writer is not running")
-        batch = list(changes)
         commit = Commit(len(batch))
         if not batch:
             commit._finish()
@@ -200,7 +206,7 @@ class StorageWriter:
     def _take(self) -> tuple[list[Change], list[Commit]]:
         """Whole submissions from the queue, up to `max_batch` changes (at least one), and
         wake the submitters waiting for room."""
-        changes: list[Change] = []
+        changes = CheckedBatch()  # each submission was checked by `submit`
         commits: list[Commit] = []
         while self._queue and (
             not commits or len(changes) + len(self._queue[0][0]) <= self.max_batch

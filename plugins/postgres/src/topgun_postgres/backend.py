@@ -44,6 +44,7 @@ from topgun.storage import (
     LWWSnapshot,
     MapInfo,
     MapKind,
+    MapPage,
     MapSnapshot,
     ORSnapshot,
     PruneORTag,
@@ -60,6 +61,7 @@ from topgun.storage import (
     StorageUnavailableError,
     StoredValue,
     check_batch,
+    check_page_request,
 )
 from topgun.storage.contract import CREATING_CHANGES, encoded_value, kind_mismatch, kind_of
 
@@ -397,6 +399,63 @@ class PostgresBackend:
                 return self._or_snapshot(name, rows, tombstones)
 
         return await self._retrying(f"loading map {name!r}", fetch)
+
+    async def load_page(self, name: str, after: str | None, limit: int) -> MapPage | None:
+        """Keys in bytes order (UTF-8 bytes order is code-point order), along the primary
+        key, in one read-only transaction."""
+        check_page_request(after, limit)
+        s = self._s
+        where, after_args = ("", []) if after is None else (" AND key > $3", [_b(after)])
+
+        async def fetch(conn: asyncpg.Connection) -> MapPage | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                found = await conn.fetchrow(
+                    f"SELECT id, kind FROM {s}.maps WHERE name = $1", _b(name)
+                )
+                if found is None:
+                    return None
+                map_id, kind = found["id"], found["kind"]
+                table = "lww_records" if kind == "lww" else "or_records"
+                rows = await conn.fetch(
+                    f"SELECT DISTINCT key FROM {s}.{table} WHERE map_id = $1{where}"
+                    " ORDER BY key LIMIT $2",
+                    map_id,
+                    limit + 1,
+                    *after_args,
+                )
+                keys = [row["key"] for row in rows[:limit]]
+                next_after = _s(keys[-1]) if len(rows) > limit else None
+                snapshot: MapSnapshot
+                if kind == "lww":
+                    records = await conn.fetch(
+                        "SELECT key, value, millis, counter, node_id, ttl_int, ttl_float"
+                        f" FROM {s}.lww_records WHERE map_id = $1 AND key = ANY($2::bytea[])"
+                        " ORDER BY key",
+                        map_id,
+                        keys,
+                    )
+                    snapshot = self._lww_snapshot(name, records)
+                else:
+                    records = await conn.fetch(
+                        "SELECT key, tag, value, millis, counter, node_id, ttl_int, ttl_float"
+                        f" FROM {s}.or_records WHERE map_id = $1 AND key = ANY($2::bytea[])"
+                        " ORDER BY key, tag",
+                        map_id,
+                        keys,
+                    )
+                    tombstones = (
+                        await conn.fetch(
+                            f"SELECT tag, key FROM {s}.or_tombstones WHERE map_id = $1"
+                            " ORDER BY tag",
+                            map_id,
+                        )
+                        if after is None
+                        else []
+                    )
+                    snapshot = self._or_snapshot(name, records, tombstones)
+                return MapPage(snapshot, next_after)
+
+        return await self._retrying(f"loading a page of map {name!r}", fetch)
 
     def _lww_snapshot(self, name: str, rows: list[Any]) -> LWWSnapshot:
         unpack = self.codecs.unpack

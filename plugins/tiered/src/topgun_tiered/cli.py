@@ -1,10 +1,11 @@
 """`topgun tier status|archive|restore`: the tiers of the configured storage, and moving
-maps between storage and the archive on demand.
+maps and keys between storage and the archive on demand.
 
 They open the storage the server configuration describes (`--config`, the `TOPGUN_*`
-variables, the flags), which must list `tiered` as its outermost wrapper. Run `archive`
-and `restore` while no server uses the storage (SQLite refuses a second user anyway): a
-running server restores an archived map by itself when a request names it.
+variables, the flags), which must list `tiered` as its outermost wrapper. Run them while
+no server uses the storage (SQLite refuses a second user anyway): a running server
+restores what a request needs by itself, and archives when asked with
+`topgun tier archive --url` (or every `archive_interval`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import datetime
 import functools
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import click
+import httpx
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -127,8 +130,9 @@ def status(
         budget = backend.memory_budget
         console = Console()
         table = Table(title="maps")
-        for column in ("map", "kind", "tier", "records", "bytes", "newest write (UTC)"):
-            table.add_column(column, justify="right" if column in ("records", "bytes") else "left")
+        numbers = ("records", "bytes", "archived keys")
+        for column in ("map", "kind", "tier", *numbers, "newest write (UTC)"):
+            table.add_column(column, justify="right" if column in numbers else "left")
         for found in maps:
             table.add_row(
                 found.name,
@@ -136,11 +140,13 @@ def status(
                 found.tier,
                 f"{found.records:,}",
                 _size(found.bytes),
+                f"{found.archived_keys:,}",
                 _when(found.newest_millis),
             )
         console.print(table)
-        stored = [m for m in maps if m.tier == "storage"]
+        stored = [m for m in maps if m.tier != "archive"]
         archived = [m for m in maps if m.tier == "archive"]
+        keys = sum(m.archived_keys for m in maps)
         console.print(
             f"memory budget: {_size(budget.budget_bytes)} (evict at "
             f"{budget.high_water:.0%} down to {budget.low_water:.0%})"
@@ -148,7 +154,8 @@ def status(
         console.print(f"storage: {_size(sum(m.bytes for m in stored))} in {len(stored)} map(s)")
         console.print(
             f"archive: {_size(sum(m.bytes for m in archived))} compressed in "
-            f"{len(archived)} map(s) at {backend.archive.store.description}"
+            f"{len(archived)} map(s) and {_size(sum(m.archived_bytes for m in maps))} in "
+            f"{keys:,} archived key(s) at {backend.archive.store.description}"
         )
 
     _run(pm, config_file, config_overrides, work)
@@ -159,9 +166,24 @@ def status(
 @click.option(
     "--older-than",
     default=None,
-    help="Archive the maps untouched for this long (e.g. 30d, 12h; default: archive_after).",
+    help="Archive what was untouched for this long (e.g. 30d, 12h; default: archive_after).",
 )
-@click.option("--map", "names", multiple=True, help="Archive this map (repeatable).")
+@click.option(
+    "--map", "names", multiple=True, help="This map, whole whatever its age (repeatable)."
+)
+@click.option(
+    "--keys",
+    "keys_only",
+    is_flag=True,
+    help="Only the old keys of LWW maps (of the --map ones if given), no whole maps.",
+)
+@click.option(
+    "--url",
+    default=None,
+    help="A running server (http://host:port): it archives keys in the background while "
+    "this shows the progress (needs --token with the ADMIN role).",
+)
+@click.option("--token", envvar="TOPGUN_TOKEN", default=None, help="JWT for --url.")
 @click.pass_obj
 def archive(
     pm: TopgunPluginManager,
@@ -169,28 +191,124 @@ def archive(
     config_overrides: dict[str, Any],
     older_than: str | None,
     names: tuple[str, ...],
+    keys_only: bool,
+    url: str | None,
+    token: str | None,
 ) -> None:
-    """Move idle maps (or the named ones) from storage into the archive."""
+    """Move what was untouched for a while into the archive.
+
+    With the server stopped: the maps untouched for that long whole, and the old keys of
+    the other LWW maps; --map archives the named maps whole, --keys only old keys. With
+    --url the running server archives the old keys of its LWW maps beside its writes.
+    """
     try:
         age = None if older_than is None else parse_age(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    if url is not None:
+        _archive_online(url, token, older_than, names)
+        return
 
     async def work(backend: TieredBackend) -> None:
-        chosen = list(names) if names else await backend.idle_maps(age)
+        if names:
+            stored = {info.name for info in await backend.list_maps()}
+            for name in names:
+                if name in backend.archive.manifest.maps:
+                    raise click.ClickException(f"map {name!r} is archived already")
+                if name not in stored:
+                    raise click.ClickException(f"map {name!r} is not stored")
+        chosen = list(names) or [info.name for info in await backend.list_maps()]
+        whole = [] if keys_only else list(names) or await backend.idle_maps(age)
+        horizon = backend.now_ms() - (backend.options.archive_after_ms() if age is None else age)
+        old = {
+            name: keys
+            for name in chosen
+            if name not in whole and name not in backend.archive.manifest.maps
+            if (keys := await backend.old_keys(name, horizon))
+        }
         console = Console()
-        if not chosen:
+        if not whole and not old:
             console.print("nothing to archive")
             return
-        sizes = {s.name: s.records for s in await backend.tier_status() if s.tier == "storage"}
+        sizes = {s.name: s.records for s in await backend.tier_status() if s.tier != "archive"}
+        moved = 0
         with _progress(console) as progress:
-            for name in chosen:
+            for name in whole:
                 task = progress.add_task(f"archive {name}", total=sizes.get(name, 0))
                 info = await backend.archive_map(name, functools.partial(progress.advance, task))
                 progress.update(task, completed=info.records)
-        console.print(f"archived {len(chosen)} map(s) to {backend.archive.store.description}")
+            for name, keys in old.items():
+                task = progress.add_task(f"archive keys of {name}", total=len(keys))
+                step = backend.options.segment_keys
+                for start in range(0, len(keys), step):
+                    done = await backend.archive_keys(
+                        name, keys[start : start + step], before_ms=horizon
+                    )
+                    moved += 0 if done is None else len(done.keys)
+                    progress.advance(task, len(keys[start : start + step]))
+        console.print(
+            f"archived {len(whole)} map(s) and {moved:,} key(s) of {len(old)} map(s) to "
+            f"{backend.archive.store.description}"
+        )
 
     _run(pm, config_file, config_overrides, work)
+
+
+def _archive_online(
+    url: str, token: str | None, older_than: str | None, names: tuple[str, ...]
+) -> None:
+    """Ask the server at `url` to archive and follow its progress until it is done."""
+    if not token:
+        raise click.UsageError("--url needs --token (or TOPGUN_TOKEN): an ADMIN token")
+    endpoint = url.rstrip("/") + "/admin/tier/archive"
+    headers = {"Authorization": f"Bearer {token}"}
+    request: dict[str, Any] = {"maps": list(names)}
+    if older_than is not None:
+        request["older_than"] = older_than
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("[bold]archiving: {task.fields[keys]:,} key(s)"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    try:
+        with httpx.Client(timeout=30) as client:
+            status = _answer(client.post(endpoint, headers=headers, json=request))
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task("archive", total=None, keys=0)
+                while status["running"]:
+                    time.sleep(0.2)  # the server works; this only polls its progress
+                    status = _answer(client.get(endpoint, headers=headers))
+                    bar.update(
+                        task,
+                        completed=status["maps_done"],
+                        total=status["maps_total"] or None,
+                        keys=status["keys"],
+                    )
+    except httpx.HTTPError as exc:
+        click.echo(f"topgun tier: {endpoint}: {exc}", err=True)
+        raise SystemExit(1) from None
+    if status["error"] is not None:
+        click.echo(f"topgun tier: archiving stopped: {status['error']}", err=True)
+        raise SystemExit(1)
+    click.echo(
+        f"archived {status['keys']:,} key(s) of {status['maps_done']} map(s) in "
+        f"{status['segments']} segment(s) ({_size(status['bytes'])}); "
+        f"{status['evicted']:,} value(s) left memory"
+    )
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code not in (200, 202):
+        try:
+            error = response.json().get("error", response.text)
+        except ValueError:
+            error = response.text
+        click.echo(f"topgun tier: the server answered {response.status_code}: {error}", err=True)
+        raise SystemExit(1)
+    status: dict[str, Any] = response.json()
+    return status
 
 
 @tier.command()
@@ -210,7 +328,10 @@ def restore(
         raise click.UsageError("name the maps to restore with --map, or give --all")
 
     async def work(backend: TieredBackend) -> None:
-        archived = backend.archive.manifest.maps
+        manifest = backend.archive.manifest
+        archived = {name: info.records for name, info in manifest.maps.items()}
+        for info in manifest.key_segments.values():
+            archived[info.map] = archived.get(info.map, 0) + info.count
         chosen = sorted(archived) if restore_all else list(names)
         unknown = [name for name in chosen if name not in archived]
         if unknown:
@@ -218,7 +339,7 @@ def restore(
         console = Console()
         with _progress(console) as progress:
             for name in chosen:
-                task = progress.add_task(f"restore {name}", total=archived[name].records)
+                task = progress.add_task(f"restore {name}", total=archived[name])
                 await backend.restore(name, functools.partial(progress.advance, task))
         console.print(f"restored {len(chosen)} map(s)")
 

@@ -70,7 +70,7 @@ class TieredOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`[storage.wrapper_options.tiered]`."""
 
     budget: int | str = "1GiB"
-    """RAM for the values of LWW maps: bytes, or a text such as `"512MiB"`."""
+    """RAM for map values (LWW and OR-Map): bytes, or a text such as `"512MiB"`."""
     high_water: float = 0.85
     """Evict once the values in memory pass this fraction of the budget..."""
     low_water: float = 0.70
@@ -79,7 +79,13 @@ class TieredOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Where archived maps go: a directory (relative to the data directory) or
     `s3://bucket/prefix` for S3-compatible object storage."""
     archive_after: int | str = "30d"
-    """`topgun tier archive` takes the maps untouched for this long (seconds or `"30d"`)."""
+    """Maps and keys untouched for this long are archived (seconds or `"30d"`): by
+    `topgun tier archive`, and by a running server every `archive_interval`."""
+    archive_interval: int | str | None = None
+    """How often a running server archives the keys untouched for `archive_after` (seconds
+    or `"1h"`); `None` (the default): only on request (`topgun tier archive --url`)."""
+    segment_keys: int = 10_000
+    """Keys per key segment at most: reading one archived key restores its whole segment."""
     compression_level: int = 3
     """zstd level of archive segments (1-22)."""
     s3_endpoint_url: str | None = None
@@ -99,10 +105,30 @@ class TieredOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         except ValueError as exc:
             raise StorageConfigError(f"storage wrapper 'tiered': archive_after: {exc}") from None
 
+    def archive_interval_ms(self) -> int | None:
+        if self.archive_interval is None:
+            return None
+        try:
+            interval = parse_age(self.archive_interval)
+        except ValueError as exc:
+            raise StorageConfigError(f"storage wrapper 'tiered': archive_interval: {exc}") from None
+        if interval <= 0:
+            raise StorageConfigError(
+                f"storage wrapper 'tiered': archive_interval must be positive, got "
+                f"{self.archive_interval!r} (leave it out to archive only on request)"
+            )
+        return interval
+
     def check(self) -> None:
         """Raise `StorageConfigError` naming the first bad option."""
         self.memory_budget()
         self.archive_after_ms()
+        self.archive_interval_ms()
+        if isinstance(self.segment_keys, bool) or self.segment_keys < 1:
+            raise StorageConfigError(
+                f"storage wrapper 'tiered': segment_keys must be at least 1, got "
+                f"{self.segment_keys!r}"
+            )
         if not 1 <= self.compression_level <= 22:
             raise StorageConfigError(
                 "storage wrapper 'tiered': compression_level must be 1 to 22, "
