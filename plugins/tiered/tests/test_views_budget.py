@@ -17,7 +17,7 @@ import jwt
 import msgspec
 import pytest
 
-from topgun.crdt import LWWRecord, Timestamp
+from topgun.crdt import LWWRecord, ORMapRecord, Timestamp
 from topgun.protocol import (
     Auth,
     AuthAck,
@@ -349,3 +349,59 @@ async def watcher_messages(watcher: InMemoryClient) -> list[Any]:
     await watcher.send(Ping(timestamp=0))
     _, before = await watcher.receive_until(Pong, timeout=30)
     return before
+
+
+async def test_an_or_map_query_over_cold_keys_answers_as_without_a_budget(
+    tmp_path: Path, kit: Any
+) -> None:
+    """OR-Map rows (arrays of live values) go cold too: a limited live query over them
+    hears the same updates, with the rows that move up loaded first."""
+    keys = 300
+    body = "lorem ipsum dolor " * 100
+
+    def record(i: int) -> ORMapRecord:
+        stamp = Timestamp(kit.T + i, 0, "writer")
+        return ORMapRecord({"n": i, "body": body}, stamp, str(stamp))
+
+    adds = [ClientOp(map_name="tags", key=f"t{i:04}", or_record=record(i)) for i in range(keys)]
+    removals = [
+        ClientOp(map_name="tags", key=f"t{i:04}", op_type="OR_REMOVE", or_tag=str(record(i).tag))
+        for i in range(3)
+    ]
+    budget = sum(value_size([{"n": i, "body": body}]) for i in range(keys)) // 5
+
+    async def run(config: ServerConfig) -> list[Any]:
+        async with kit.running(config) as running:
+            writer = await running.login()
+            for start in range(0, keys, 50):
+                batch = OpBatchPayload(ops=adds[start : start + 50], write_concern="PERSISTED")
+                await writer.send(OpBatch(payload=batch))
+                await writer.receive_until(OpAck, timeout=30)
+            ormap = running.server.maps.ormap("tags")
+            assert ormap is not None
+            if running.server.maps.hot is not None:
+                assert len(ormap.cold_keys()) > keys // 2
+            watcher = await running.login()
+            query = Query(sort={"_key": "asc"}, limit=5)
+            payload = QuerySubPayload(query_id="q", map_name="tags", query=query)
+            await watcher.send(QuerySub(payload=payload))
+            heard_all = [plain((await watcher.receive_until(QueryResp, timeout=30))[0])]
+            hot = running.server.maps.hot
+            loads = 0 if hot is None else hot.loads
+            for removal in removals:
+                await writer.send(OpBatch(payload=OpBatchPayload(ops=[removal])))
+                await writer.receive_until(OpAck, timeout=30)
+                heard_all.append(await heard(watcher))
+            if hot is not None:
+                assert hot.loads >= loads + 3  # the rows that moved up were cold
+            return heard_all
+
+    reference = await run(kit.plain_config(tmp_path / "p"))
+    entered = [
+        m["payload"]["key"]
+        for step in reference[1:]
+        for kind, m in step
+        if kind == "QueryUpdate" and m["payload"]["type"] == "ENTER"
+    ]
+    assert entered == ["t0005", "t0006", "t0007"]
+    assert await run(kit.tiered_config(tmp_path / "t", budget=budget)) == reference
