@@ -105,7 +105,7 @@ class _View:
 
     def put(self, key: str, shown: Any) -> None:
         """`key` now shows `shown` (`ABSENT`: not at all) to this view's subscribers."""
-        row = _kept(shown, self.keep)
+        row = shown if self.keep is None else project(shown, self.keep)
         if self.charge is not None:
             self.charge.change(self.rows.get(key), row)
         if row is ABSENT:
@@ -312,12 +312,16 @@ class LiveQueryService:
             values = passing.setdefault((event.map_name, event.key), [])
             if event.record is not None and event.record.value is not None:
                 values.append(event.record.value)
-        ahead = set(passing)
+        budgeted = self.maps.hot is not None
+        ahead = set(passing) if budgeted else set()
         for (map_name, key), values in passing.items():
-            ahead.discard((map_name, key))
             views = self._views[map_name]
             matching = interest[(map_name, key)] = set()
-            value = self._current(map_name, key, values)
+            if budgeted:
+                ahead.discard((map_name, key))
+                value = self._current(map_name, key, values)
+            else:
+                value = current_value(self.maps, map_name, key)
             ormap = self.maps.ormap(map_name) is not None
             for view in list(views.values()):
                 if ormap:
@@ -359,11 +363,12 @@ class LiveQueryService:
         `ahead`: the keys whose changes the view has not applied yet."""
         new = view.shown(value)
         view.put(key, new)
+        held = self._held
         for sub_id, changes in view.live.apply(map_name, key, view.rows):
             session, query_id = sub_id
             if not session.is_open:
                 continue
-            staged = self._held.get(sub_id, self._staged)
+            staged = held.get(sub_id, self._staged) if held else self._staged
             for change in changes:
                 item: bytes | _Later
                 if view.keep is None or change.type == "REMOVE":
@@ -389,7 +394,8 @@ class LiveQueryService:
     def flush(self) -> None:
         """Send the `QUERY_UPDATE`s of the last `changed` (after the events they follow)."""
         staged, self._staged = self._staged, []
-        self._send(staged)
+        if staged:
+            self._send(staged)
 
     def _send(self, items: Iterable[tuple[Recipient, bytes | _Later]]) -> None:
         put, put_row = self.outbox.put, self.outbox.put_row
