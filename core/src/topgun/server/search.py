@@ -142,10 +142,10 @@ class SearchService:
             async with self.maps.holding(map_name):
                 self.index(map_name)
             return
-        done = self._building[map_name] = anyio.Event()
         found = self.options[map_name]
         indexes = [self.providers[name](found.search_fields) for name in found.providers]
         index = indexes[0] if len(indexes) == 1 else FusedIndex(indexes, found.provider_weights)
+        done = self._building[map_name] = anyio.Event()
         self._indexes[map_name] = index  # fed every change while the chunks are read
         try:
             async for chunk in scan(self.maps, map_name):
