@@ -6,8 +6,10 @@ budget plus a bounded margin."""
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import random
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from topgun.protocol import (
 )
 from topgun.server import InMemoryClient, Policy, ServerConfig
 from topgun.server.config import MapOptions
+from topgun.server.permissions import ALL_FIELDS
 from topgun.server.views import SCAN_CHUNK
 from topgun.storage import value_size
 
@@ -405,3 +408,49 @@ async def test_an_or_map_query_over_cold_keys_answers_as_without_a_budget(
     ]
     assert entered == ["t0005", "t0006", "t0007"]
     assert await run(kit.tiered_config(tmp_path / "t", budget=budget)) == reference
+
+
+async def test_a_view_holds_what_its_query_reads_not_the_rows(tmp_path: Path, kit: Any) -> None:
+    """Measured with tracemalloc: what the view code keeps after a live query subscribed
+    over a map 5x the budget is about what the budget counts for it, far less than the
+    rows (which it would hold whole without projections)."""
+    rows = [doc(i) for i in range(KEYS)]
+    map_bytes = sum(value_size(row) for row in rows)
+    config = configured(kit.tiered_config(tmp_path, budget=map_bytes // 5))
+    async with kit.running(config) as t:
+        writer = Writer(await t.login(), kit.T)
+        for start in range(0, KEYS, 50):
+            await writer.write([(i, rows[i]) for i in range(start, start + 50)])
+        hot = t.server.maps.hot
+        assert hot is not None
+        watcher = await t.login()
+        query = Query(where={"group": 3}, sort={"n": "desc"})
+        payload = QuerySubPayload(query_id="q", map_name="docs", query=query)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            await watcher.send(QuerySub(payload=payload))
+            response, _ = await watcher.receive_until(QueryResp, timeout=30)
+            assert len(response.payload.results) == len(range(3, KEYS, 7))
+            del response
+            watcher.raw_frames.clear()
+            gc.collect()
+            snapshot = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        view_code = ("topgun/server/views.py", "topgun/server/live.py", "topgun/query/")
+        view = sum(
+            stat.size
+            for stat in snapshot.statistics("filename")
+            if any(part in stat.traceback[0].filename for part in view_code)
+        )
+        print(
+            f"\nview over {KEYS:,} rows: {view:,} B allocated by the view code "
+            f"({view / KEYS:.0f} B a row), {hot.views:,} B counted; the rows: {map_bytes:,} B"
+        )
+        assert 0 < hot.views < view * 2
+        assert view < 2 * hot.views
+        assert view < map_bytes // 8
+        kept = t.server.live.rows("docs", ALL_FIELDS)
+        assert len(kept) == KEYS
+        assert all(set(row) == {"group", "n"} for _, row in kept.items())
