@@ -39,6 +39,16 @@ def test_now_counts_up_when_the_clock_stalls_or_goes_back(clock: Any) -> None:
     assert hlc.last == third
 
 
+def test_now_many_gives_what_as_many_calls_of_now_give(clock: Any) -> None:
+    one_by_one, at_once = HLC("node-a", clock), HLC("node-a", clock)
+    for step, count in [(0, 3), (0, 2), (7, 1), (-5, 4), (1, 2)]:
+        clock.advance(step)
+        expected = [one_by_one.now() for _ in range(count)]
+        assert at_once.now_many(count) == expected
+        assert at_once.last == one_by_one.last
+    assert at_once.now() == one_by_one.now()
+
+
 def test_update_takes_the_remote_millis_when_it_is_ahead(clock: Any) -> None:
     hlc = HLC("node-a", clock)
     hlc.now()

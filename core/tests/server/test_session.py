@@ -31,6 +31,10 @@ from topgun.protocol import (
     QueryResp,
     QuerySub,
     QuerySubPayload,
+    TopicPub,
+    TopicPubPayload,
+    TopicSub,
+    TopicSubPayload,
     unpack_batch,
 )
 from topgun.server import CoalescingConfig, ConnectionClosed, ConnectionLimits, InMemoryClient
@@ -246,12 +250,14 @@ async def test_repeated_auth_is_ignored(harness: Any) -> None:
     assert list(session.principal.roles) == ["USER"]
 
 
-async def _two_query_responses_then_ping(client: InMemoryClient) -> None:
-    for query_id in ("q1", "q2"):
-        await client.send(
-            QuerySub(payload=QuerySubPayload(query_id=query_id, map_name="m", query=Query()))
-        )
-    await client.send(Ping(timestamp=1))
+async def _two_topic_messages_queued_for(h: Any, alice: InMemoryClient) -> None:
+    """Queue two pushed (non-urgent, unasked) messages for `alice`: topic messages."""
+    await alice.send(TopicSub(payload=TopicSubPayload(topic="t")))
+    bob = await h.login()
+    for n in (1, 2):
+        await bob.send(TopicPub(payload=TopicPubPayload(topic="t", data=n)))
+    await bob.send(Ping(timestamp=1))
+    await bob.receive_until(Pong)  # bob's publications were handled: both are queued
 
 
 async def test_queued_messages_leave_as_one_batch_before_an_urgent_one_p16_p18(start: Any) -> None:
@@ -260,7 +266,8 @@ async def test_queued_messages_leave_as_one_batch_before_an_urgent_one_p16_p18(s
     and the PONG follows it."""
     async with start(coalescing=CoalescingConfig(max_delay_ms=60_000)) as h:
         client = await h.login()
-        await _two_query_responses_then_ping(client)
+        await _two_topic_messages_queued_for(h, client)
+        await client.send(Ping(timestamp=1))
         batch_frame = await client.receive_frame()
         batch = msgspec.msgpack.decode(batch_frame)
         assert batch["type"] == "BATCH"
@@ -269,10 +276,10 @@ async def test_queued_messages_leave_as_one_batch_before_an_urgent_one_p16_p18(s
         assert int.from_bytes(data[:4], "little") == 2
         first_len = int.from_bytes(data[4:8], "little")
         first = msgspec.msgpack.decode(data[8 : 8 + first_len])
-        assert first["type"] == "QUERY_RESP"
-        assert first["payload"]["queryId"] == "q1"
+        assert first["type"] == "TOPIC_MESSAGE"
+        assert first["payload"]["data"] == 1
         inner = h.server.codec.decode_server_frame(batch_frame)
-        assert [m.payload.query_id for m in inner] == ["q1", "q2"]
+        assert [m.payload.data for m in inner] == [1, 2]
         assert isinstance(await client.receive(), Pong)
         assert not any(
             msgspec.msgpack.decode(f).get("type") == "BATCH"
@@ -280,6 +287,21 @@ async def test_queued_messages_leave_as_one_batch_before_an_urgent_one_p16_p18(s
             if msgspec.msgpack.decode(frame)["type"] == "BATCH"
             for f in unpack_batch(h.server.codec.decode_server_message(frame))
         )
+
+
+async def test_a_reply_leaves_without_the_delay_with_what_was_queued_before_it(
+    start: Any,
+) -> None:
+    """Replies (here QUERY_RESP) are not held for the coalescing delay: pushed messages
+    queued before one leave with it, in order, in one BATCH."""
+    async with start(coalescing=CoalescingConfig(max_delay_ms=60_000)) as h:
+        client = await h.login()
+        await _two_topic_messages_queued_for(h, client)
+        await client.send(
+            QuerySub(payload=QuerySubPayload(query_id="q", map_name="m", query=Query()))
+        )
+        inner = h.server.codec.decode_server_frame(await client.receive_frame())
+        assert [type(m).__name__ for m in inner] == ["TopicMessage", "TopicMessage", "QueryResp"]
 
 
 async def test_a_single_message_is_sent_unwrapped_p17(start: Any) -> None:
@@ -296,10 +318,7 @@ async def test_a_single_message_is_sent_unwrapped_p17(start: Any) -> None:
 async def test_a_full_queue_flushes_without_waiting_for_the_delay(start: Any) -> None:
     async with start(coalescing=CoalescingConfig(max_delay_ms=60_000, max_batch_size=2)) as h:
         client = await h.login()
-        for query_id in ("q1", "q2"):
-            await client.send(
-                QuerySub(payload=QuerySubPayload(query_id=query_id, map_name="m", query=Query()))
-            )
+        await _two_topic_messages_queued_for(h, client)
         batch = msgspec.msgpack.decode(await client.receive_frame())
         assert (batch["type"], batch["count"]) == ("BATCH", 2)
 

@@ -117,6 +117,17 @@ class HLC:
             self._counter += 1
         return Timestamp(self._millis, self._counter, self.node_id)
 
+    def now_many(self, count: int) -> list[Timestamp]:
+        """`count` new timestamps, in increasing order, as `count` calls of `now` would
+        give them but with one reading of the clock."""
+        t = self.wall_ms()
+        if t > self._millis:
+            self._millis, self._counter = t, -1
+        first = self._counter + 1
+        self._counter += count
+        millis, node_id = self._millis, self.node_id
+        return [Timestamp(millis, counter, node_id) for counter in range(first, first + count)]
+
     def update(self, remote: Timestamp) -> None:
         """Fold in a received timestamp (§2.1), so that later readings sort after it.
 

@@ -188,29 +188,38 @@ class IngestLog:
     # -- recording --------------------------------------------------------------------------
 
     def observe(self, applied: Sequence[Applied], recording: Recording) -> None:
-        """The change observer: sequence each LWW change of `applied`."""
-        for one in applied:
-            for payload in one.events:
-                if payload.record is not None:
-                    self._sequence(one.map_name, one.key, payload.record, recording.changes)
-
-    def _sequence(self, name: str, key: str, record: LWWRecord, changes: list[Change]) -> None:
-        log = self.log(name)
-        seq = log.seq = log.seq + 1
-        if seq > log.reserved - RESERVE // 2:
-            log.reserved = seq + RESERVE
-            changes.append(PutMeta(HEADER_NAMESPACE, name, _encode(self._header(log))))
-        ingest = self.hlc.now()
-        log.add(key, seq, ingest)
-        dirty = self._dirty.get(name)
-        if dirty is None:
-            dirty = self._dirty[name] = set()
-        dirty.add(key)
-        listeners = self.listeners.get(name)
-        if listeners:
-            change = SequencedChange(key, seq, ingest, record)
-            for listener in list(listeners):
-                listener(change)
+        """The change observer: sequence each LWW change of `applied` (one clock reading
+        for them all)."""
+        items = [
+            (one.map_name, one.key, payload.record)
+            for one in applied
+            for payload in one.events
+            if payload.record is not None
+        ]
+        if not items:
+            return
+        changes = recording.changes
+        stamps = self.hlc.now_many(len(items))
+        current = None
+        log = MapLog()
+        dirty: set[str] = set()
+        listeners: set[ChangeListener] | None = None
+        for (name, key, record), ingest in zip(items, stamps, strict=True):
+            if name != current:
+                current = name
+                log = self.log(name)
+                dirty = self._dirty.setdefault(name, set())
+                listeners = self.listeners.get(name)
+            seq = log.seq = log.seq + 1
+            if seq > log.reserved - RESERVE // 2:
+                log.reserved = seq + RESERVE
+                changes.append(PutMeta(HEADER_NAMESPACE, name, _encode(self._header(log))))
+            log.add(key, seq, ingest)
+            dirty.add(key)
+            if listeners:
+                change = SequencedChange(key, seq, ingest, record)
+                for listener in list(listeners):
+                    listener(change)
 
     @staticmethod
     def _header(log: MapLog) -> _Header:

@@ -36,14 +36,25 @@ from topgun.protocol import (
     AuthFail,
     AuthRequired,
     Coalescer,
+    CounterUpdate,
     Error,
     ErrorPayload,
+    GcPrune,
+    HybridQueryDelta,
+    JournalEventMessage,
     OpRejected,
     OpRejectedPayload,
+    PartitionMapDelta,
     Ping,
     Pong,
     ProtocolError,
+    QueryUpdate,
+    SearchUpdate,
+    ServerBatchEvent,
+    ServerEvent,
     ShutdownPending,
+    TopicMessage,
+    VectorSearchUpdate,
     message_type,
 )
 from topgun.server.auth import AuthError
@@ -63,6 +74,26 @@ CLIENT_CLOSED: Final = (1005, "closed by the client")
 """What `on_disconnect` is told when the client went away: no close code reached the session."""
 
 _CLOSE_REASONS: Final = {1002: "Protocol Error", 1009: "Frame too large"}
+
+PUSHED_MESSAGE_TYPES: Final[frozenset[type[msgspec.Struct]]] = frozenset(
+    {
+        ServerEvent,
+        ServerBatchEvent,
+        QueryUpdate,
+        SearchUpdate,
+        HybridQueryDelta,
+        VectorSearchUpdate,
+        TopicMessage,
+        CounterUpdate,
+        JournalEventMessage,
+        PartitionMapDelta,
+        GcPrune,
+    }
+)
+"""Messages the server pushes unasked: they wait up to the coalescing delay (§1.3) to share a
+`BATCH` with the ones that follow. A reply to a request (`OP_ACK`, `QUERY_RESP`, sync
+responses, ...) is flushed as soon as the session's write task runs, together with whatever
+is queued before it: the client is waiting for it, and the delay would only add latency."""
 
 
 def _type_name(message: msgspec.Struct) -> str:
@@ -88,6 +119,8 @@ class Session:
         self._wakeup = anyio.Event()
         self._close: tuple[int, str] | None = None
         self._discard = False
+        self._reply_queued = False
+        """A reply is queued: flush without waiting for the coalescing delay."""
         self._gone = False
         self._stopping = False
         self._receive_scope: anyio.CancelScope | None = None
@@ -310,6 +343,8 @@ class Session:
             return
         if urgent is None:
             urgent = type(message) in URGENT_MESSAGE_TYPES
+        if type(message) not in PUSHED_MESSAGE_TYPES:
+            self._reply_queued = True
         self._enqueue(self.server.codec.encode(message), _type_name(message), urgent)
 
     def send_frame(self, frame: bytes, message_type: str) -> None:
@@ -374,16 +409,22 @@ class Session:
                 while not self._queue and not coalescer.pending and self._close is None:
                     await self._wait()
                 ready = self._take(coalescer)
-                if not ready and coalescer.pending and self._close is None:
+                if (
+                    not ready
+                    and coalescer.pending
+                    and self._close is None
+                    and not self._reply_queued
+                ):
                     with anyio.move_on_after(delay):  # let a partial batch fill up
-                        while not ready and self._close is None:
+                        while not ready and self._close is None and not self._reply_queued:
                             await self._wait()
                             ready = self._take(coalescer)
                 if self._discard:
                     coalescer.discard()
                     ready = []
-                elif not ready or self._close is not None:
+                elif not ready or self._close is not None or self._reply_queued:
                     ready += coalescer.flush()
+                self._reply_queued = False
                 with anyio.CancelScope() as self._send_scope:  # `abort` cancels it
                     for frame in ready:
                         await self.transport.send(frame)

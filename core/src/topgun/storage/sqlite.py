@@ -409,22 +409,31 @@ class SQLiteBackend:
         with self._translated(f"writing a batch of {len(changes)} change(s)"):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                # Runs of LWW puts and meta upserts go through `executemany` (in order; meta
-                # rows are independent of map rows, so they may go after them).
-                lww_rows: list[tuple[object, ...]] = []
-                meta_rows: list[tuple[str, str, bytes]] = []
+                # Runs of LWW puts and meta upserts go through multi-row statements (in
+                # order; meta rows are independent of map rows, so they may go after them),
+                # their parameters collected flat.
+                lww: list[object] = []
+                meta: list[object] = []
+                map_name: str | None = None
+                map_id = 0
                 for change, value in zip(changes, values, strict=True):
-                    if isinstance(change, PutMeta) and value is not None:
-                        meta_rows.append((change.namespace, change.key, value))
+                    if change.__class__ is PutMeta and value is not None:
+                        meta += (change.namespace, change.key, value)
                         continue
-                    if isinstance(change, PutRecord):
-                        found = self._map_id(conn, change, change.map_name, created)
-                        assert found is not None  # a PutRecord creates its map
-                        lww_rows.append(_lww_row(found[0], change, value))
+                    if change.__class__ is PutRecord:
+                        if change.map_name != map_name:
+                            found = self._map_id(conn, change, change.map_name, created)
+                            assert found is not None  # a PutRecord creates its map
+                            map_name, map_id = change.map_name, found[0]
+                        record = change.record
+                        ts = record.timestamp
+                        lww += (map_id, change.key, value, ts.millis, ts.counter, ts.node_id)
+                        lww.append(record.ttl_ms)
                         continue
-                    self._flush(conn, lww_rows, meta_rows)
+                    self._flush(conn, lww, meta)
                     self._apply(conn, change, value, created)
-                self._flush(conn, lww_rows, meta_rows)
+                    map_name = None  # it may have changed what `_map_id` finds
+                self._flush(conn, lww, meta)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -573,16 +582,13 @@ class SQLiteBackend:
         return replaced
 
     @staticmethod
-    def _flush(
-        conn: sqlite3.Connection,
-        lww_rows: list[tuple[object, ...]],
-        meta_rows: list[tuple[str, str, bytes]],
-    ) -> None:
-        """Write (and clear) the pending LWW and meta rows in multi-row statements: the
-        sqlite3 module releases and retakes the GIL around every prepare and step, and
-        retaking it waits while the event loop runs, so fewer statements commit faster."""
-        _upsert(conn, _put_lww, lww_rows)
-        _upsert(conn, _put_meta, meta_rows)
+    def _flush(conn: sqlite3.Connection, lww: list[object], meta: list[object]) -> None:
+        """Write (and clear) the pending LWW and meta rows (their parameters, flat) in
+        multi-row statements: the sqlite3 module releases and retakes the GIL around every
+        prepare and step, and retaking it waits while the event loop runs, so fewer
+        statements commit faster."""
+        _upsert(conn, _put_lww, lww, _LWW_COLUMNS)
+        _upsert(conn, _put_meta, meta, _META_COLUMNS)
 
     def _map_id(
         self,
@@ -674,32 +680,33 @@ class SQLiteBackend:
 
 
 def _upsert(
-    conn: sqlite3.Connection,
-    statement: Callable[[int], str],
-    rows: list[tuple[str, str, bytes]] | list[tuple[object, ...]],
+    conn: sqlite3.Connection, statement: Callable[[int], str], params: list[object], width: int
 ) -> None:
-    """Run `statement` over `rows` in order, as few statements as SQLite's parameter limit
-    allows (at most `_ROWS_PER_STATEMENT` rows each), and clear them."""
-    if not rows:
+    """Run `statement` over the rows whose parameters `params` holds (`width` each, flat),
+    in order, as few statements as SQLite's parameter limit allows (at most
+    `_ROWS_PER_STATEMENT` rows each), and clear them."""
+    if not params:
         return
-    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(rows[0])
+    rows = len(params) // width
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
     per_statement = max(1, min(_ROWS_PER_STATEMENT, limit))
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        params = [value for row in chunk for value in row]
-        size = len(chunk)
+    for start in range(0, rows, per_statement):
+        size = min(per_statement, rows - start)
+        chunk = params[start * width : (start + size) * width]
         if size > _PAD_STEP:
             # Round up to a multiple of `_PAD_STEP` by repeating the last row (a no-op the
             # second time: an upsert of what the row just stored), so a few dozen statement
             # shapes serve every batch size from the connection's statement cache instead of
             # compiling a new statement for almost every transaction.
             padded = min(-(-size // _PAD_STEP) * _PAD_STEP, per_statement)
-            params.extend(chunk[-1] * (padded - size))
+            chunk += chunk[-width:] * (padded - size)
             size = padded
-        conn.execute(statement(size), params)
-    rows.clear()
+        conn.execute(statement(size), chunk)
+    params.clear()
 
 
+_LWW_COLUMNS: Final = 7
+_META_COLUMNS: Final = 3
 _ROWS_PER_STATEMENT: Final = 1000
 """Rows per multi-row upsert at most (the writer's default transaction size)."""
 
