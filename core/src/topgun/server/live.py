@@ -312,16 +312,16 @@ class LiveQueryService:
             values = passing.setdefault((event.map_name, event.key), [])
             if event.record is not None and event.record.value is not None:
                 values.append(event.record.value)
-        budgeted = self.maps.hot is not None
-        ahead = set(passing) if budgeted else set()
+        # Under a budget: the keys whose changes the views have yet to apply.
+        ahead = None if self.maps.hot is None else set(passing)
         for (map_name, key), values in passing.items():
             views = self._views[map_name]
             matching = interest[(map_name, key)] = set()
-            if budgeted:
+            if ahead is None:
+                value = current_value(self.maps, map_name, key)
+            else:
                 ahead.discard((map_name, key))
                 value = self._current(map_name, key, values)
-            else:
-                value = current_value(self.maps, map_name, key)
             ormap = self.maps.ormap(map_name) is not None
             for view in list(views.values()):
                 if ormap:
@@ -357,10 +357,15 @@ class LiveQueryService:
                     matching.add(sub_id[0])
 
     def _apply(
-        self, view: _View, map_name: str, key: str, value: Any, ahead: set[tuple[str, str]]
+        self,
+        view: _View,
+        map_name: str,
+        key: str,
+        value: Any,
+        ahead: set[tuple[str, str]] | None,
     ) -> None:
         """Apply the change of `key` to `value` to `view` and stage the updates it causes.
-        `ahead`: the keys whose changes the view has not applied yet."""
+        `ahead`: the keys whose changes the view has not applied yet (under a budget)."""
         new = view.shown(value)
         view.put(key, new)
         held = self._held
@@ -377,7 +382,7 @@ class LiveQueryService:
                     item = _frame(self.encode, query_id, WindowChange(change.type, key, new))
                 else:  # a row moving up into the window: its value is read when sent,
                     # as the view knows it (one the view has yet to apply: from storage)
-                    stored = (map_name, change.key) in ahead
+                    stored = ahead is not None and (map_name, change.key) in ahead
                     build = self._later(view, query_id, change)
                     item = _Later(map_name, change.key, build, stored)
                 staged.append((session, item))
