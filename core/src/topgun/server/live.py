@@ -161,7 +161,8 @@ class LiveQueryService:
         return len(self._subs)
 
     def rows(self, map_name: str, fields: FieldFilter) -> IndexedMap:
-        """The indexed rows of `map_name` as `fields` shows them (built on first use)."""
+        """The indexed rows of `map_name` as `fields` shows them (built on first use; under
+        a memory budget, what the view keeps of them: build it with `prepare` first)."""
         return self._view(map_name, fields).rows
 
     def _view(self, map_name: str, fields: FieldFilter) -> _View:
