@@ -152,7 +152,10 @@ class LiveQueryService:
         self._subs: dict[SubId, tuple[str, FieldFilter]] = {}
         self.outbox = Outbox(maps) if outbox is None else outbox
         """Where `flush` sends the updates (the server's, shared with events)."""
+        self._frames: list[tuple[Recipient, bytes]] = []
+        """Updates to send as they are (no memory budget)."""
         self._staged: list[tuple[Recipient, bytes | _Later]] = []
+        """Updates to send through the outbox (under a memory budget)."""
         self._held: dict[SubId, list[tuple[Recipient, bytes | _Later]]] = {}
         """Updates of subscriptions whose `QUERY_RESP` is not sent yet (`release`)."""
         self._building = anyio.Lock()
@@ -369,21 +372,27 @@ class LiveQueryService:
         `ahead`: the keys whose changes the view has not applied yet (under a budget)."""
         new = view.shown(value)
         view.put(key, new)
-        held = self._held
+        if ahead is None:  # no budget: every frame is finished now, and sent as it is
+            frames, encode = self._frames, self.encode
+            for (session, query_id), changes in view.live.apply(map_name, key, view.rows):
+                if session.is_open:
+                    for change in changes:
+                        frames.append((session, _frame(encode, query_id, change)))
+            return
         for sub_id, changes in view.live.apply(map_name, key, view.rows):
             session, query_id = sub_id
             if not session.is_open:
                 continue
-            staged = held.get(sub_id, self._staged) if held else self._staged
+            staged = self._held.get(sub_id, self._staged)
             for change in changes:
                 item: bytes | _Later
-                if view.keep is None or change.type == "REMOVE":
+                if change.type == "REMOVE":
                     item = _frame(self.encode, query_id, change)
                 elif change.key == key:
                     item = _frame(self.encode, query_id, WindowChange(change.type, key, new))
                 else:  # a row moving up into the window: its value is read when sent,
                     # as the view knows it (one the view has yet to apply: from storage)
-                    stored = ahead is not None and (map_name, change.key) in ahead
+                    stored = (map_name, change.key) in ahead
                     build = self._later(view, query_id, change)
                     item = _Later(map_name, change.key, build, stored)
                 staged.append((session, item))
@@ -399,8 +408,12 @@ class LiveQueryService:
 
     def flush(self) -> None:
         """Send the `QUERY_UPDATE`s of the last `changed` (after the events they follow)."""
-        staged, self._staged = self._staged, []
-        if staged:
+        frames, self._frames = self._frames, []
+        for session, frame in frames:
+            if session.is_open:
+                session.send_frame(frame, "QUERY_UPDATE")
+        if self._staged:
+            staged, self._staged = self._staged, []
             self._send(staged)
 
     def _send(self, items: Iterable[tuple[Recipient, bytes | _Later]]) -> None:
