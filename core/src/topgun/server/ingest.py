@@ -126,19 +126,24 @@ class _Chunks:
     chunk_of: dict[str, int] = field(default_factory=dict)
     live: dict[int, int] = field(default_factory=dict)
     """chunk -> how many of its entries are their key's latest."""
-    sizes: dict[int, int] = field(default_factory=dict)
-    """chunk -> how many entries its row holds, stale ones included."""
+    members: dict[int, list[str]] = field(default_factory=dict)
+    """chunk -> the keys its row holds entries of, stale ones included."""
     stored: int = 0
     """Entries the chunk rows hold in all."""
     next: int = 0
     """The number of the next chunk."""
 
-    def sparse(self) -> set[int]:
-        """The chunks more than half stale, once the rows hold over twice the live entries
-        (plus a chunk): rewriting their live keys bounds what storage holds."""
+    def compactable(self, budget: int) -> list[str]:
+        """Once the rows hold over twice the live entries (plus a chunk): up to about
+        `budget` live keys of the chunks most stale, whose rewriting frees those chunks."""
         if self.stored <= 2 * len(self.chunk_of) + FLUSH_CHUNK:
-            return set()
-        return {number for number, live in self.live.items() if 2 * live < self.sizes[number]}
+            return []
+        keys: list[str] = []
+        for number in sorted(self.live, key=self.live.__getitem__):
+            if len(keys) >= budget or 2 * self.live[number] >= len(self.members[number]):
+                break
+            keys += [key for key in self.members[number] if self.chunk_of.get(key) == number]
+        return keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +445,7 @@ class IngestLog:
         for row_key, raw in sorted((await backend.load_meta(chunks_namespace(name))).items()):
             number = int(row_key)
             entries = _chunk_decoder.decode(raw)
-            chunks.sizes[number] = len(entries)
+            chunks.members[number] = [e.key for e in entries]
             chunks.live[number] = 0
             chunks.stored += len(entries)
             chunks.next = max(chunks.next, number + 1)
@@ -478,7 +483,7 @@ class IngestLog:
         for number in [number for number, live in chunks.live.items() if live == 0]:
             repairs.append(PutMeta(chunks_namespace(name), _chunk_key(number), None))
             del chunks.live[number]
-            chunks.stored -= chunks.sizes.pop(number)
+            chunks.stored -= len(chunks.members.pop(number))
         rewrite = moved + [key for _, key in fresh]
         for start in range(0, len(rewrite), FLUSH_CHUNK):
             changes, stored_them = self._chunk(name, rewrite[start : start + FLUSH_CHUNK])
@@ -518,11 +523,12 @@ class IngestLog:
                     chunks.live[old] -= 1
             for old in emptied:
                 del chunks.live[old]
-                chunks.stored -= chunks.sizes.pop(old)
+                chunks.stored -= len(chunks.members.pop(old))
             if entries:
                 for e in entries:
                     chunks.chunk_of[e.key] = number
-                chunks.live[number] = chunks.sizes[number] = len(entries)
+                chunks.live[number] = len(entries)
+                chunks.members[number] = [e.key for e in entries]
                 chunks.stored += len(entries)
 
         return changes, committed
@@ -543,7 +549,8 @@ class IngestLog:
         up to `FLUSH_CHUNK` keys per submission, each awaited before the next is built: a
         backlog of many keys never holds up the event loop or the writer's other
         transactions for long. Returns how many keys were persisted; on failure the chunk
-        stays due for the next flush. Chunks mostly stale are then due for rewriting."""
+        stays due for the next flush. Then the live keys of the chunks most stale, up to a
+        chunk's worth, are due for rewriting (see `_Chunks.compactable`)."""
         done = 0
         async with self._flushing:
             while (taken := self._take(FLUSH_CHUNK)) is not None:
@@ -558,9 +565,9 @@ class IngestLog:
                 committed()
                 done += len(keys)
             for name, chunks in self._chunks.items():
-                sparse = chunks.sparse()
-                if sparse:
-                    due = [key for key, number in chunks.chunk_of.items() if number in sparse]
+                # Due at the next flush: at most about a chunk's worth of rewriting each time.
+                due = chunks.compactable(FLUSH_CHUNK)
+                if due:
                     self._dirty.setdefault(name, set()).update(due)
         return done
 
