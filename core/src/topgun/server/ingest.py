@@ -500,14 +500,19 @@ class IngestLog:
         lww = self.maps.lww(name)
         number = chunks.next
         chunks.next += 1  # never reused, even if the changes fail
-        entries: list[_ChunkEntry] = []
+        # Entries as tuples: they encode exactly as the array-like `_ChunkEntry` decodes.
+        entries: list[tuple[str, int, Timestamp, Timestamp]] = []
         leaving: dict[int, int] = {}  # chunk -> how many of `keys` leave it
+        latest = log.latest.get
+        holder = chunks.chunk_of.get
+        record_of = lww.get_record if lww is not None else None
         for key in keys:
-            entry = log.latest.get(key)
-            record = lww.get_record(key) if lww is not None else None
-            if entry is not None and record is not None:
-                entries.append(_ChunkEntry(key, entry[0], entry[1], record.timestamp))
-            old = chunks.chunk_of.get(key)
+            entry = latest(key)
+            if entry is not None and record_of is not None:
+                record = record_of(key)
+                if record is not None:
+                    entries.append((key, entry[0], entry[1], record.timestamp))
+            old = holder(key)
             if old is not None:
                 leaving[old] = leaving.get(old, 0) + 1
         emptied = [old for old, count in leaving.items() if chunks.live[old] == count]
@@ -517,18 +522,19 @@ class IngestLog:
             changes.append(PutMeta(namespace, _chunk_key(number), _encode(entries)))
 
         def committed() -> None:
+            chunk_of, live = chunks.chunk_of, chunks.live
             for key in keys:
-                old = chunks.chunk_of.pop(key, None)
+                old = chunk_of.pop(key, None)
                 if old is not None:
-                    chunks.live[old] -= 1
+                    live[old] -= 1
             for old in emptied:
-                del chunks.live[old]
+                del live[old]
                 chunks.stored -= len(chunks.members.pop(old))
             if entries:
-                for e in entries:
-                    chunks.chunk_of[e.key] = number
-                chunks.live[number] = len(entries)
-                chunks.members[number] = [e.key for e in entries]
+                members = [entry[0] for entry in entries]
+                chunk_of.update(dict.fromkeys(members, number))
+                live[number] = len(entries)
+                chunks.members[number] = members
                 chunks.stored += len(entries)
 
         return changes, committed
