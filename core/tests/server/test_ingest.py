@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from topgun.crdt import HLC, LWWRecord, Timestamp
-from topgun.server.ingest import HEADER_NAMESPACE, RESERVE, IngestLog, entries_namespace
+from topgun.server.ingest import (
+    FLUSH_CHUNK,
+    HEADER_NAMESPACE,
+    RESERVE,
+    IngestLog,
+    chunks_namespace,
+    legacy_entries_namespace,
+    stored_entries,
+)
 from topgun.server.maps import MapRegistry, Recording
 from topgun.server.writes import Applied
 from topgun.storage import MemoryBackend, MemoryStore, PruneRecord, PutMeta, PutRecord
@@ -47,8 +56,19 @@ class Node:
         await self.backend.store_batch(recording.changes)
         return recording
 
-    async def flush(self) -> None:
-        await self.backend.store_batch(self.ingest.take_dirty())
+    async def flush(self) -> int:
+        """Persist the due entries, each submission stored at once; returns how many."""
+        backend = self.backend
+
+        class Stored:
+            async def wait(self) -> None:
+                return None
+
+        async def submit(changes: Any) -> Any:
+            await backend.store_batch(changes)
+            return Stored()
+
+        return await self.ingest.flush(submit)
 
     def keys_after(self, seq: int) -> list[str]:
         return [change.key for change in self.ingest.delta("m", since_seq=seq).records]
@@ -143,8 +163,9 @@ async def test_pruned_tombstones_raise_the_floor_and_older_cursors_reset() -> No
     assert node.ingest.delta("m", since_seq=1).reset
     assert not node.ingest.delta("m", since_seq=2).reset
     assert not node.ingest.delta("m", since_seq=0).reset  # a new reader needs no tombstone
-    await node.backend.store_batch([*extra, *node.ingest.take_dirty()])
-    assert "gone" not in await node.backend.load_meta(entries_namespace("m"))
+    await node.backend.store_batch(extra)
+    await node.flush()
+    assert "gone" not in await stored_entries(node.backend, "m")
 
     restarted = Node(node.backend.store)
     await restarted.start()
@@ -205,8 +226,6 @@ async def test_after_a_restart_ingest_stamps_follow_the_stored_ones() -> None:
 async def test_a_backlog_is_flushed_in_chunks_and_a_failed_chunk_stays_due() -> None:
     """Many changed keys are persisted a chunk per transaction (the event loop and other
     commits are never held up by one huge batch); a chunk that fails is retried later."""
-    from topgun.server.ingest import FLUSH_CHUNK
-
     node = Node(MemoryStore())
     await node.start()
     for i in range(2 * FLUSH_CHUNK + 10):
@@ -228,6 +247,70 @@ async def test_a_backlog_is_flushed_in_chunks_and_a_failed_chunk_stays_due() -> 
     with pytest.raises(OSError, match="disk full"):
         await node.ingest.flush(failing)
     assert await node.ingest.flush(submit) == 2 * FLUSH_CHUNK + 10
-    assert batches == [FLUSH_CHUNK, FLUSH_CHUNK, 10]
-    stored = await node.backend.load_meta(entries_namespace("m"))
+    assert batches == [1, 1, 1]  # one chunk row each
+    stored = await stored_entries(node.backend, "m")
     assert len(stored) == 2 * FLUSH_CHUNK + 10
+
+
+async def test_a_chunk_goes_once_none_of_its_entries_is_the_latest() -> None:
+    node = Node(MemoryStore())
+    await node.start()
+    for i in range(5):
+        await node.write(f"k{i}", i, ts(i))
+    assert await node.flush() == 5
+    rows = await node.backend.load_meta(chunks_namespace("m"))
+    assert len(rows) == 1
+    for i in range(5):
+        await node.write(f"k{i}", i, ts(10 + i))
+    assert await node.flush() == 5
+    newer = await node.backend.load_meta(chunks_namespace("m"))
+    assert len(newer) == 1
+    assert newer.keys() != rows.keys()  # the old chunk was deleted
+    stored = await stored_entries(node.backend, "m")
+    assert {key: seq for key, (seq, _, _) in stored.items()} == {f"k{i}": 6 + i for i in range(5)}
+
+
+async def test_mostly_stale_chunks_are_rewritten_so_storage_stays_bounded() -> None:
+    """Each flush holds hot keys written every round and one key written once: without
+    compaction every chunk would stay (its once-written key keeps it) with 250 stale
+    entries, 5,020 entries for 270 keys after 20 rounds."""
+    node = Node(MemoryStore())
+    await node.start()
+    hot = [f"hot{i}" for i in range(250)]
+    for round_ in range(20):
+        for i, key in enumerate([*hot, f"once{round_}"]):
+            await node.write(key, round_, ts(i, NOW + round_))
+        await node.flush()
+    rows = await node.backend.load_meta(chunks_namespace("m"))
+    held = sum(len(msgspec.msgpack.decode(raw)) for raw in rows.values())
+    assert held <= 2 * (250 + 20) + FLUSH_CHUNK
+    restarted = Node(node.backend.store)
+    assert await restarted.start() == 0  # every key's entry survived the rewrites
+    assert {c.key: c.seq for c in restarted.ingest.delta("m").records} == {
+        c.key: c.seq for c in node.ingest.delta("m").records
+    }
+
+
+async def test_entries_of_the_one_row_per_key_layout_are_kept_and_moved_into_chunks() -> None:
+    store = MemoryStore()
+    first = Node(store)
+    await first.start()
+    for i in range(3):
+        await first.write(f"k{i}", i, ts(i))
+    await first.flush()
+    seqs = {c.key: c.seq for c in first.ingest.delta("m").records}
+    # Rewrite what was stored in the earlier layout: one row per key, no chunks.
+    stored = await stored_entries(first.backend, "m")
+    chunk_rows = await first.backend.load_meta(chunks_namespace("m"))
+    await first.backend.store_batch(
+        [PutMeta(chunks_namespace("m"), key, None) for key in chunk_rows]
+        + [
+            PutMeta(legacy_entries_namespace("m"), key, msgspec.msgpack.encode([seq, ingest, rec]))
+            for key, (seq, ingest, rec) in stored.items()
+        ]
+    )
+    second = Node(store)
+    assert await second.start() == 0  # the old entries were recognised: no new sequences
+    assert {c.key: c.seq for c in second.ingest.delta("m").records} == seqs
+    assert await second.backend.load_meta(legacy_entries_namespace("m")) == {}
+    assert await stored_entries(second.backend, "m") == stored

@@ -14,12 +14,16 @@ Persistence costs nothing on the write path:
 - Sequences are reserved in blocks (`RESERVE`). The map's header row (meta namespace
   `ingest`) stores the reserved bound, written in the same storage batch as the change that
   crossed half the block, so no sequence handed out can be handed out again after a restart.
-- Per-key entries (namespace `ingest:<map>`, key -> [sequence, ingest HLC, record HLC]) are
-  written in the background, coalesced per key (`flush`). After a crash, the keys whose stored
+- Per-key entries (key -> [sequence, ingest HLC, record HLC]) are written in the background,
+  coalesced per key (`flush`), in *chunks*: each flush of up to `FLUSH_CHUNK` keys is one row
+  (namespace `ingest-chunks:<map>`, keyed by a growing chunk number), and a chunk row is
+  deleted, in the same batch, once none of its entries is a key's latest. Chunks left mostly
+  stale are compacted by rewriting their live keys. After a crash, the keys whose stored
   record differs from their stored entry — exactly those changed since the last flush — get
   fresh sequences above the reserved bound on load, with a new ingest HLC. A poller therefore
   never misses a change; at worst it receives such a key once more (LWW merges are
-  idempotent).
+  idempotent). Entries of the earlier one-row-per-key layout (`ingest:<map>`) are read and
+  moved into chunks on load.
 - GC pruning a tombstone raises the map's prune floor to the pruned entry's sequence: a resume
   point before it gets `reset` (the full state), since the tombstone it would need is gone.
 """
@@ -57,9 +61,18 @@ DEFAULT_LIMIT: Final = 10_000
 """A delta's default and maximum number of records (PROTOCOL.md §9.2)."""
 
 
-def entries_namespace(map_name: str) -> str:
-    """Meta-area namespace of `map_name`'s per-key entries."""
+def legacy_entries_namespace(map_name: str) -> str:
+    """Meta-area namespace of `map_name`'s per-key entries in the one-row-per-key layout."""
     return f"ingest:{map_name}"
+
+
+def chunks_namespace(map_name: str) -> str:
+    """Meta-area namespace of `map_name`'s entry chunks."""
+    return f"ingest-chunks:{map_name}"
+
+
+def _chunk_key(number: int) -> str:
+    return str(number).zfill(20)
 
 
 class _Header(msgspec.Struct, array_like=True):
@@ -74,9 +87,63 @@ class _StoredEntry(msgspec.Struct, array_like=True):
     record: Timestamp
 
 
+class _ChunkEntry(msgspec.Struct, array_like=True):
+    key: str
+    seq: int
+    ingest: Timestamp
+    record: Timestamp
+
+
 _encode: Final = msgspec.msgpack.Encoder().encode
 _header_decoder: Final = msgspec.msgpack.Decoder(_Header)
 _entry_decoder: Final = msgspec.msgpack.Decoder(_StoredEntry)
+_chunk_decoder: Final = msgspec.msgpack.Decoder(list[_ChunkEntry])
+
+
+async def stored_entries(
+    backend: StorageBackend, map_name: str
+) -> dict[str, tuple[int, Timestamp, Timestamp]]:
+    """key -> (sequence, ingest HLC, record HLC) as storage holds them (both layouts; the
+    newest entry of a key wins)."""
+    found: dict[str, tuple[int, Timestamp, Timestamp]] = {}
+    legacy = await backend.load_meta(legacy_entries_namespace(map_name))
+    for key, raw in legacy.items():
+        entry = _entry_decoder.decode(raw)
+        found[key] = (entry.seq, entry.ingest, entry.record)
+    chunks = await backend.load_meta(chunks_namespace(map_name))
+    for _, raw in sorted(chunks.items()):
+        for e in _chunk_decoder.decode(raw):
+            held = found.get(e.key)
+            if held is None or e.seq >= held[0]:
+                found[e.key] = (e.seq, e.ingest, e.record)
+    return found
+
+
+@dataclass(slots=True)
+class _Chunks:
+    """Where a map's stored entries are: which chunk holds each key's latest entry."""
+
+    chunk_of: dict[str, int] = field(default_factory=dict)
+    live: dict[int, int] = field(default_factory=dict)
+    """chunk -> how many of its entries are their key's latest."""
+    members: dict[int, list[str]] = field(default_factory=dict)
+    """chunk -> the keys its row holds entries of, stale ones included."""
+    stored: int = 0
+    """Entries the chunk rows hold in all."""
+    next: int = 0
+    """The number of the next chunk."""
+
+    def compactable(self, budget: int) -> list[str]:
+        """Once the rows hold over twice the live entries (plus a chunk): up to about
+        `budget` live keys of the chunks most stale, whose rewriting frees those chunks."""
+        if self.stored <= 2 * len(self.chunk_of) + FLUSH_CHUNK:
+            return []
+        keys: list[str] = []
+        for number in sorted(self.live, key=self.live.__getitem__):
+            if len(keys) >= budget or 2 * self.live[number] >= len(self.members[number]):
+                break
+            keys += [key for key in self.members[number] if self.chunk_of.get(key) == number]
+        return keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +243,8 @@ class IngestLog:
         self.listeners: dict[str, set[ChangeListener]] = {}
         """Map name -> who hears each of its changes (the SSE streams)."""
         self._dirty: dict[str, set[str]] = {}
+        self._chunks: dict[str, _Chunks] = {}
+        self._flushing = anyio.Lock()
         self._backend: StorageBackend | None = None
 
     def log(self, map_name: str) -> MapLog:
@@ -368,16 +437,35 @@ class IngestLog:
             floor=header.floor,
             floor_stamp=header.floor_stamp,
         )
-        stored = {
-            key: _entry_decoder.decode(raw)
-            for key, raw in (await backend.load_meta(entries_namespace(name))).items()
+        legacy = await backend.load_meta(legacy_entries_namespace(name))
+        stored: dict[str, tuple[_StoredEntry, int | None]] = {
+            key: (_entry_decoder.decode(raw), None) for key, raw in legacy.items()
         }
+        chunks = self._chunks[name] = _Chunks()
+        for row_key, raw in sorted((await backend.load_meta(chunks_namespace(name))).items()):
+            number = int(row_key)
+            entries = _chunk_decoder.decode(raw)
+            chunks.members[number] = [e.key for e in entries]
+            chunks.live[number] = 0
+            chunks.stored += len(entries)
+            chunks.next = max(chunks.next, number + 1)
+            for e in entries:
+                held = stored.get(e.key)
+                if held is None or e.seq >= held[0].seq:
+                    stored[e.key] = (_StoredEntry(e.seq, e.ingest, e.record), number)
         kept: list[tuple[int, str, Timestamp]] = []
         fresh: list[tuple[Timestamp, str]] = []
+        moved: list[str] = []  # kept entries of the one-row-per-key layout
         for key, record in lww.records():
-            entry = stored.pop(key, None)
-            if entry is not None and entry.record == record.timestamp:
+            found = stored.get(key)
+            if found is not None and found[0].record == record.timestamp:
+                entry, holder = found
                 kept.append((entry.seq, key, entry.ingest))
+                if holder is None:
+                    moved.append(key)
+                else:
+                    chunks.chunk_of[key] = holder
+                    chunks.live[holder] += 1
             else:
                 fresh.append((record.timestamp, key))
         for seq, key, ingest in sorted(kept):
@@ -391,64 +479,102 @@ class IngestLog:
             log.add(key, log.seq, self.hlc.now())
         log.reserved = log.seq + RESERVE
         repairs.append(PutMeta(HEADER_NAMESPACE, name, _encode(self._header(log))))
-        repairs += [PutMeta(entries_namespace(name), key, None) for key in stored]
-        repairs += self._entry_changes(name, log, (key for _, key in fresh))
+        repairs += [PutMeta(legacy_entries_namespace(name), key, None) for key in legacy]
+        for number in [number for number, live in chunks.live.items() if live == 0]:
+            repairs.append(PutMeta(chunks_namespace(name), _chunk_key(number), None))
+            del chunks.live[number]
+            chunks.stored -= len(chunks.members.pop(number))
+        rewrite = moved + [key for _, key in fresh]
+        for start in range(0, len(rewrite), FLUSH_CHUNK):
+            changes, stored_them = self._chunk(name, rewrite[start : start + FLUSH_CHUNK])
+            repairs += changes
+            stored_them()  # they are stored with the repairs, or the start fails
         return len(fresh)
 
-    def _entry_changes(self, name: str, log: MapLog, keys: Iterable[str]) -> list[Change]:
+    def _chunk(self, name: str, keys: Sequence[str]) -> tuple[list[Change], Callable[[], None]]:
+        """The storage changes that store the current entries of `keys` (none for a key
+        with no record or entry) as a new chunk of map `name`, deleting the chunks left
+        with no latest entry; and what to note once they are committed."""
+        chunks = self._chunks.setdefault(name, _Chunks())
+        log = self.log(name)
         lww = self.maps.lww(name)
-        changes: list[Change] = []
-        namespace = entries_namespace(name)
+        number = chunks.next
+        chunks.next += 1  # never reused, even if the changes fail
+        # Entries as tuples: they encode exactly as the array-like `_ChunkEntry` decodes.
+        entries: list[tuple[str, int, Timestamp, Timestamp]] = []
+        leaving: dict[int, int] = {}  # chunk -> how many of `keys` leave it
+        latest = log.latest.get
+        holder = chunks.chunk_of.get
+        record_of = lww.get_record if lww is not None else None
         for key in keys:
-            entry = log.latest.get(key)
-            record = lww.get_record(key) if lww is not None else None
-            if entry is None or record is None:
-                changes.append(PutMeta(namespace, key, None))
-            else:
-                stored = _StoredEntry(entry[0], entry[1], record.timestamp)
-                changes.append(PutMeta(namespace, key, _encode(stored)))
-        return changes
+            entry = latest(key)
+            if entry is not None and record_of is not None:
+                record = record_of(key)
+                if record is not None:
+                    entries.append((key, entry[0], entry[1], record.timestamp))
+            old = holder(key)
+            if old is not None:
+                leaving[old] = leaving.get(old, 0) + 1
+        emptied = [old for old, count in leaving.items() if chunks.live[old] == count]
+        namespace = chunks_namespace(name)
+        changes: list[Change] = [PutMeta(namespace, _chunk_key(old), None) for old in emptied]
+        if entries:
+            changes.append(PutMeta(namespace, _chunk_key(number), _encode(entries)))
 
-    def take_dirty(self, limit: int | None = None) -> list[Change]:
-        """The storage changes that persist the entries changed since they were last taken:
-        all of them, or those of at most `limit` keys (the rest stay due)."""
-        return self._take(limit)[0]
+        def committed() -> None:
+            chunk_of, live = chunks.chunk_of, chunks.live
+            for key in keys:
+                old = chunk_of.pop(key, None)
+                if old is not None:
+                    live[old] -= 1
+            for old in emptied:
+                del live[old]
+                chunks.stored -= len(chunks.members.pop(old))
+            if entries:
+                members = [entry[0] for entry in entries]
+                chunk_of.update(dict.fromkeys(members, number))
+                live[number] = len(entries)
+                chunks.members[number] = members
+                chunks.stored += len(entries)
 
-    def _take(self, limit: int | None) -> tuple[list[Change], list[tuple[str, list[str]]]]:
-        changes: list[Change] = []
-        taken_keys: list[tuple[str, list[str]]] = []
-        budget = limit
+        return changes, committed
+
+    def _take(self, limit: int) -> tuple[str, list[str]] | None:
+        """Up to `limit` due keys of one map (they are no longer due), or None."""
         for name in list(self._dirty):
             keys = self._dirty[name]
-            if budget is not None and len(keys) > budget:
-                taken = [keys.pop() for _ in range(budget)]
-            else:
-                taken = list(keys)
-                del self._dirty[name]
-            changes += self._entry_changes(name, self.log(name), taken)
-            taken_keys.append((name, taken))
-            if budget is not None:
-                budget -= len(taken)
-                if budget == 0:
-                    break
-        return changes, taken_keys
+            if len(keys) > limit:
+                return name, [keys.pop() for _ in range(limit)]
+            del self._dirty[name]
+            if keys:
+                return name, list(keys)
+        return None
 
     async def flush(self, submit: Submit) -> int:
-        """Persist the changed entries through `submit` (the storage writer's), in chunks of
-        `FLUSH_CHUNK` keys, each awaited before the next is built: a backlog of many keys
-        never holds up the event loop or the writer's other transactions for long. Returns
-        how many were persisted; on failure the chunk stays due for the next flush."""
+        """Persist the changed entries through `submit` (the storage writer's), a chunk of
+        up to `FLUSH_CHUNK` keys per submission, each awaited before the next is built: a
+        backlog of many keys never holds up the event loop or the writer's other
+        transactions for long. Returns how many keys were persisted; on failure the chunk
+        stays due for the next flush. Then the live keys of the chunks most stale, up to a
+        chunk's worth, are due for rewriting (see `_Chunks.compactable`)."""
         done = 0
-        while self._dirty:
-            changes, taken = self._take(FLUSH_CHUNK)
-            try:
-                commit = await submit(changes)
-                await commit.wait()
-            except BaseException:
-                for name, keys in taken:
+        async with self._flushing:
+            while (taken := self._take(FLUSH_CHUNK)) is not None:
+                name, keys = taken
+                changes, committed = self._chunk(name, keys)
+                try:
+                    if changes:
+                        await (await submit(changes)).wait()
+                except BaseException:
                     self._dirty.setdefault(name, set()).update(keys)
-                raise
-            done += len(changes)
+                    raise
+                committed()
+                done += len(keys)
+            for name, chunks in self._chunks.items():
+                # Due at the next flush: at most about a chunk's worth of rewriting each time.
+                due = chunks.compactable(FLUSH_CHUNK)
+                if due:
+                    self._dirty.setdefault(name, set()).update(due)
         return done
 
     async def run(self, submit: Submit) -> None:

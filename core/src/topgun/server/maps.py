@@ -536,8 +536,7 @@ class MapRegistry:
             # Under load most entries are still in flight; sweeping again only once the
             # survivors have doubled keeps the sweep amortized O(1) per write.
             self._sweep_at = max(_PENDING_SWEEP_AT, 2 * len(pending))
-        for key in recording.keys:
-            pending[key] = commit
+        pending.update(dict.fromkeys(recording.keys, commit))
         if self.hot is not None:
             self._unsubmitted.difference_update(recording.keys)
             if self.hot.over:
