@@ -12,9 +12,10 @@ one encoded frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from typing import Protocol
 
+import anyio
 import msgspec
 
 from topgun.crdt import HLC
@@ -84,6 +85,12 @@ class EventRouter:
         matching the key)."""
         self.after_delivery: list[Callable[[], None]] = []
         """Called once the events are queued (live query updates follow their events)."""
+        self.send: Callable[[Recipient, bytes, str], None] | None = None
+        """Sends the event frames instead of `Recipient.send_frame` (under a memory budget:
+        the server's `Outbox`, so that events stay in order behind updates that wait for a
+        cold row)."""
+        self.settlers: list[Callable[[], Awaitable[None]]] = []
+        """Awaited by `settle`: send what waits for cold rows (under a memory budget)."""
 
     def deliver(self, events: Sequence[EventPayload], origin: Recipient | None) -> int:
         """Send `events` (the changes of one request, in order) to their recipients.
@@ -105,6 +112,13 @@ class EventRouter:
         finally:
             for after in self.after_delivery:
                 after()
+
+    async def settle(self) -> None:
+        """Finish the last deliveries: updates that wait for a row's value to be loaded
+        (shielded: frames for other sessions wait behind them)."""
+        with anyio.CancelScope(shield=True):
+            for settler in self.settlers:
+                await settler()
 
     def _route(
         self, events: Sequence[EventPayload], origin: Recipient | None, interest: Interest | None
@@ -138,6 +152,7 @@ class EventRouter:
         if not inbox:
             return 0
         timestamp = self.hlc.now()
+        send = self.send
         frames: dict[tuple[int, ...], tuple[bytes, str]] = {}
         for session, received in inbox.items():
             identity = tuple(map(id, received))
@@ -153,5 +168,8 @@ class EventRouter:
                     )
                     frame = (self.encode(message), "SERVER_BATCH_EVENT")
                 frames[identity] = frame
-            session.send_frame(*frame)
+            if send is None:
+                session.send_frame(*frame)
+            else:
+                send(session, *frame)
         return len(inbox)

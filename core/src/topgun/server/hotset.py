@@ -33,12 +33,16 @@ class HotSet:
         "peak",
         "unpins",
         "used",
+        "views",
     )
 
     def __init__(self, budget: MemoryBudget) -> None:
         self.budget = budget
         self.used = 0
-        """Estimated bytes of every hot value."""
+        """Estimated bytes of every hot value, and of what live views keep (`views`)."""
+        self.views = 0
+        """Estimated bytes live views keep (`charge`): counted in `used`, never evicted,
+        so values are evicted to make room for them."""
         self.peak = 0
         """The most `used` has been (a measure of how far past the budget values went)."""
         self.lru: OrderedDict[Entry, int] = OrderedDict()
@@ -70,6 +74,13 @@ class HotSet:
         if size:
             lru[entry] = size
         used = self.used = self.used + size - old
+        if used > self.peak:
+            self.peak = used
+
+    def charge(self, delta: int) -> None:
+        """Live views now keep `delta` more bytes (fewer, if negative)."""
+        self.views += delta
+        used = self.used = self.used + delta
         if used > self.peak:
             self.peak = used
 

@@ -47,6 +47,7 @@ from topgun.server.auth import AuthError
 from topgun.server.live import current_value, live_items
 from topgun.server.permissions import WITHHELD, FieldFilter
 from topgun.server.search import scored_rows
+from topgun.server.views import matching_rows, shown_rows
 from topgun.server.writes import (
     DEFAULT_WRITE_CONCERN,
     WriteContext,
@@ -222,16 +223,24 @@ class SyncHandler:
         except QueryError as invalid:
             self._fail(400, str(invalid), item.query_id)
             return None
-        rows = []
-        async with self.server.maps.holding(item.map_name):  # it reads every row
-            for key, value in live_items(self.server.maps, item.map_name):
-                shown = fields.apply(value)
-                if shown is not WITHHELD:
-                    rows.append((key, shown))
-        page = run_query(compiled, rows, now_ms=self.server.clock())
+        maps = self.server.maps
+        if maps.hot is None:
+            rows = []
+            async with maps.holding(item.map_name):  # an archived map comes back
+                for key, value in live_items(maps, item.map_name):
+                    shown = fields.apply(value)
+                    if shown is not WITHHELD:
+                        rows.append((key, shown))
+            page = run_query(compiled, rows, now_ms=self.server.clock())
+            results = page.rows
+        else:  # under a memory budget: what the query reads, then the page's values
+            matching = await matching_rows(maps, item.map_name, compiled, fields)
+            page = run_query(compiled, matching, now_ms=self.server.clock())
+            keys = [key for key, _ in page.rows]
+            results = await shown_rows(maps, item.map_name, fields, keys)
         return HttpQueryResult(
             query_id=item.query_id,
-            results=[QueryResultRow(key=key, value=value) for key, value in page.rows],
+            results=[QueryResultRow(key=key, value=value) for key, value in results],
             has_more=page.has_more,
             next_cursor=page.next_cursor,
         )

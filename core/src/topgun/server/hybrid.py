@@ -22,6 +22,12 @@ Cost: the BM25 statistics of each scored attribute are kept up to date per chang
 window is recomputed over the map's rows on every change to it (a linear pass per hybrid
 subscription on that map). Cursors are not supported: a `cursor` is reported `invalid` and
 the first page is answered; `hasMore` tells whether rows were cut by `limit`.
+
+Under a memory budget a subscription keeps, for each row its predicate matches, only the
+attributes its predicate, sort and `match*` leaves read (counted in the budget) and a hash
+of the row's value (to tell an `UPDATE` of a value it no longer holds); it is built a chunk
+of the map at a time, and values are read through the registry to send them: the response
+loads its rows, and a delta whose row is cold waits until `settle` loaded it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from topgun.crdt import ColdValueError
 from topgun.protocol import (
     ChangeType,
     EventPayload,
@@ -59,6 +66,15 @@ from topgun.server.live import Interest, current_value, live_items
 from topgun.server.maps import MapRegistry
 from topgun.server.permissions import WITHHELD, FieldFilter
 from topgun.server.subscriptions import Subscription
+from topgun.server.views import (
+    Build,
+    Charge,
+    Outbox,
+    predicate_fields,
+    project,
+    scan,
+    shown_rows,
+)
 
 if TYPE_CHECKING:
     from topgun.server.session import Session
@@ -115,12 +131,36 @@ class _Hybrid:
     rankers: list[_Ranker] = field(default_factory=list)
     """Several: the map's providers, whose rankings are fused; none: the §5.8 BM25 sum."""
     window: dict[str, _Hit] = field(default_factory=dict)
+    keep: frozenset[str] | None = None
+    """Under a memory budget: the attributes `rows` keep (None: rows are read from the map
+    on every change and the window holds whole values)."""
+    rows: dict[str, Any] = field(default_factory=dict)
+    """Under a memory budget: what `keep` holds of every row the predicate matches."""
+    digests: dict[str, int] = field(default_factory=dict)
+    """Under a memory budget: a hash of the shown value of every row in `rows`."""
+    charge: Charge | None = None
 
     def shown(self, value: Any) -> Any:
         if value is ABSENT:
             return ABSENT
         visible = self.fields.apply(value)
         return ABSENT if visible is WITHHELD else visible
+
+    def keep_row(self, key: str, value: Any) -> None:
+        """Under a memory budget: hold what re-ranking needs of `key`'s shown `value`."""
+        if self.keep is None:
+            return
+        old = self.rows.get(key, ABSENT)
+        if value is not ABSENT and self.query.predicate.matches(value):
+            row = project(value, self.keep)
+            self.rows[key] = row
+            self.digests[key] = _digest(value)
+        else:
+            row = ABSENT
+            self.rows.pop(key, None)
+            self.digests.pop(key, None)
+        if self.charge is not None:
+            self.charge.change(old, row)
 
     def feed(self, key: str, value: Any) -> None:
         indexes: list[Mapping[str, SearchIndex]] = [
@@ -207,6 +247,19 @@ class _Hybrid:
         return hits, False
 
 
+def _digest(value: Any) -> int:
+    """A hash of `value` that equal values share (`==`: key order, 1 and 1.0)."""
+    return hash(_frozen(value))
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return frozenset((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
 def _by(name: str) -> Callable[[tuple[str, _Hit]], Any]:
     """The sort key of one sort field: `_score`, `_key`, or an attribute (§7.1 order)."""
 
@@ -230,34 +283,34 @@ class HybridQueries:
         *,
         encode: Callable[[msgspec.Struct], bytes],
         fusion: Mapping[str, Sequence[tuple[SearchProvider, float]]] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.maps = maps
         self.encode = encode
         self.fusion = fusion or {}
         """The providers and weights of the maps whose text relevance is fused."""
         self._subs: dict[SubId, _Hybrid] = {}
-        self._outbox: list[tuple[Recipient, bytes]] = []
+        self._building: list[_Hybrid] = []
+        """Subscriptions being built under a memory budget (fed every change meanwhile)."""
+        self.outbox = Outbox(maps) if outbox is None else outbox
+        """Where `flush` sends the deltas (the server's, shared with events)."""
+        self._staged: list[tuple[Recipient, tuple[str, str, Build] | bytes]] = []
+        self._held: dict[SubId, list[tuple[Recipient, tuple[str, str, Build] | bytes]]] = {}
+        """Deltas of subscriptions whose response is not sent yet (`release`)."""
 
     def __len__(self) -> int:
         return len(self._subs)
 
     def _rows(self, hybrid: _Hybrid) -> list[tuple[str, Any]]:
+        if hybrid.keep is not None:
+            return list(hybrid.rows.items())
         shown = ((k, hybrid.shown(v)) for k, v in live_items(self.maps, hybrid.map_name))
         return [(k, v) for k, v in shown if v is not ABSENT]
 
-    def subscribe(
-        self,
-        session: Recipient,
-        sub_id: str,
-        map_name: str,
-        query: CompiledQuery,
-        sort: Any,
-        fields: FieldFilter,
-    ) -> tuple[list[tuple[str, _Hit]], bool]:
-        """Hold a hybrid query (replacing one with the same id); returns its first window."""
+    def _new(self, map_name: str, query: CompiledQuery, sort: Any, fields: FieldFilter) -> _Hybrid:
         order = [(name, direction == "desc") for name, direction in (sort or {}).items()]
         leaves = list(text_leaves(query.predicate))
-        hybrid = _Hybrid(
+        return _Hybrid(
             map_name,
             query,
             order or [(SCORE_FIELD, True)],
@@ -274,41 +327,129 @@ class HybridQueries:
                 for provider, weight in self.fusion.get(map_name, ())
             ],
         )
+
+    def subscribe(
+        self,
+        session: Recipient,
+        sub_id: str,
+        map_name: str,
+        query: CompiledQuery,
+        sort: Any,
+        fields: FieldFilter,
+    ) -> tuple[list[tuple[str, _Hit]], bool]:
+        """Hold a hybrid query (replacing one with the same id); returns its first window."""
+        hybrid = self._new(map_name, query, sort, fields)
         rows = self._rows(hybrid)
         for key, value in rows:
             hybrid.feed(key, value)
+        return self._start(session, sub_id, hybrid, rows)
+
+    def _start(
+        self, session: Recipient, sub_id: str, hybrid: _Hybrid, rows: list[tuple[str, Any]]
+    ) -> tuple[list[tuple[str, _Hit]], bool]:
         window, cut = hybrid.run(rows)
         hybrid.window = dict(window)
         self.unsubscribe(session, sub_id)
         self._subs[(session, sub_id)] = hybrid
-        self.maps.pin_map(map_name)  # every change re-ranks every row
         return window, cut
 
+    async def subscribe_budgeted(
+        self,
+        session: Recipient,
+        sub_id: str,
+        map_name: str,
+        query: CompiledQuery,
+        sort: Any,
+        fields: FieldFilter,
+    ) -> tuple[list[tuple[str, _Hit]], bool]:
+        """`subscribe` under a memory budget: the subscription is built a chunk of the map
+        at a time and keeps only what re-ranking reads; its window's values are loaded to
+        answer, and its deltas wait for `release`."""
+        hybrid = self._new(map_name, query, sort, fields)
+        names = predicate_fields(query.predicate)
+        names.update(name for name, _ in hybrid.sort if name not in (SCORE_FIELD, KEY_FIELD))
+        hybrid.keep = frozenset(names)
+        hybrid.charge = Charge(self.maps)
+        self._building.append(hybrid)
+        try:
+            async for chunk in scan(self.maps, map_name):
+                for key, value in chunk:
+                    shown = hybrid.shown(value)
+                    hybrid.feed(key, shown)
+                    hybrid.keep_row(key, shown)
+        except BaseException:
+            hybrid.charge.release()
+            raise
+        finally:
+            self._building.remove(hybrid)
+        window, cut = self._start(session, sub_id, hybrid, self._rows(hybrid))
+        self._held[(session, sub_id)] = []
+        hits = dict(window)  # a row gone meanwhile is left out: its LEAVE follows
+        try:
+            shown = await shown_rows(self.maps, map_name, fields, list(hits))
+        except BaseException:
+            self.unsubscribe(session, sub_id)  # nothing answered: nothing held
+            raise
+        return [(key, _Hit(value, *_rank(hits[key]))) for key, value in shown], cut
+
+    def release(self, session: Recipient, sub_id: str) -> None:
+        """Send the deltas held back for a subscription since it was answered."""
+        self._send(self._held.pop((session, sub_id), ()))
+
+    def _send(self, items: Iterable[tuple[Recipient, tuple[str, str, Build] | bytes]]) -> None:
+        for session, item in items:
+            if isinstance(item, bytes):
+                self.outbox.put(session, item, "HYBRID_QUERY_DELTA")
+            else:
+                self.outbox.put_row(session, "HYBRID_QUERY_DELTA", *item)
+
     def unsubscribe(self, session: Recipient, sub_id: str) -> None:
+        self._held.pop((session, sub_id), None)
         found = self._subs.pop((session, sub_id), None)
-        if found is not None:
-            self.maps.unpin_map(found.map_name)
+        if found is not None and found.charge is not None:
+            found.charge.release()
 
     def drop(self, session: Recipient) -> None:
         for sub_id in [s for s in self._subs if s[0] is session]:
             self.unsubscribe(*sub_id)
+
+    def _current(self, map_name: str, key: str, sent: Any) -> Any:
+        try:
+            return current_value(self.maps, map_name, key)
+        except ColdValueError:  # evicted before its commit: what its change carried
+            return sent
 
     def changed(self, events: Iterable[EventPayload]) -> Interest:
         """Recompute the windows of the hybrid queries on the changed maps and queue their
         deltas (`flush` sends them); returns the sessions whose hybrid filter matches each
         changed key (before or after the change)."""
         interest: Interest = {}
-        changed: dict[str, dict[str, None]] = {}
+        changed: dict[str, dict[str, Any]] = {}
         for event in events:
-            changed.setdefault(event.map_name, {})[event.key] = None
+            record = event.record
+            changed.setdefault(event.map_name, {})[event.key] = (
+                ABSENT if record is None or record.value is None else record.value
+            )
+        for hybrid in self._building:
+            for key, sent in changed.get(hybrid.map_name, {}).items():
+                value = hybrid.shown(self._current(hybrid.map_name, key, sent))
+                hybrid.feed(key, value)
+                hybrid.keep_row(key, value)
         for (session, sub_id), hybrid in self._subs.items():
             keys = changed.get(hybrid.map_name)
             if not keys:
                 continue
-            for key in keys:
+            budgeted = hybrid.keep is not None
+            before_digests: dict[str, int | None] = {}
+            new_values: dict[str, Any] = {}
+            for key, sent in keys.items():
                 before = hybrid.window.get(key)
-                new_value = hybrid.shown(current_value(self.maps, hybrid.map_name, key))
+                new_value = hybrid.shown(self._current(hybrid.map_name, key, sent))
                 hybrid.feed(key, new_value)
+                if budgeted:
+                    before_digests[key] = hybrid.digests.get(key)
+                    new_values[key] = new_value
+                    hybrid.keep_row(key, new_value)
                 matched = before is not None or (
                     new_value is not ABSENT and hybrid.query.predicate.matches(new_value)
                 )
@@ -323,30 +464,56 @@ class HybridQueries:
                 old = hybrid.window.get(key)
                 if old is None:
                     deltas.append(("ENTER", key, hit))
-                elif old.value != hit.value or abs(old.score - hit.score) > SCORE_EPSILON:
+                elif abs(old.score - hit.score) > SCORE_EPSILON or (
+                    key in before_digests and before_digests[key] != hybrid.digests.get(key)
+                    if budgeted
+                    else old.value != hit.value
+                ):
                     deltas.append(("UPDATE", key, hit))
             hybrid.window = fresh
+            staged = self._held.get((session, sub_id), self._staged)
             for kind, key, shown in deltas:
-                message = HybridQueryDelta(
-                    payload=HybridQueryDeltaPayload(
-                        subscription_id=sub_id,
-                        key=key,
-                        value=None if shown is None else shown.value,
-                        type=kind,
-                        change_type=kind,
-                        score=None if shown is None else shown.score,
-                        matched_terms=None if shown is None else shown.terms,
-                    )
-                )
-                self._outbox.append((session, self.encode(message)))
+                item: tuple[str, str, Build] | bytes
+                if shown is None or not budgeted:
+                    item = self._frame(sub_id, kind, key, shown)
+                elif key in new_values:
+                    item = self._frame(sub_id, kind, key, _Hit(new_values[key], *_rank(shown)))
+                else:  # a row moving in or re-ranked without changing: read when sent
+                    item = (hybrid.map_name, key, self._later(hybrid, sub_id, kind, key, shown))
+                staged.append((session, item))
         return interest
+
+    def _frame(self, sub_id: str, kind: ChangeType, key: str, shown: _Hit | None) -> bytes:
+        message = HybridQueryDelta(
+            payload=HybridQueryDeltaPayload(
+                subscription_id=sub_id,
+                key=key,
+                value=None if shown is None else shown.value,
+                type=kind,
+                change_type=kind,
+                score=None if shown is None else shown.score,
+                matched_terms=None if shown is None else shown.terms,
+            )
+        )
+        return self.encode(message)
+
+    def _later(self, hybrid: _Hybrid, sub_id: str, kind: ChangeType, key: str, hit: _Hit) -> Build:
+        def build(current: Any) -> bytes | None:
+            value = hybrid.shown(current)
+            if value is ABSENT:
+                return None  # gone meanwhile: its LEAVE follows
+            return self._frame(sub_id, kind, key, _Hit(value, *_rank(hit)))
+
+        return build
 
     def flush(self) -> None:
         """Send the deltas of the last `changed` (after the events they follow)."""
-        outbox, self._outbox = self._outbox, []
-        for session, frame in outbox:
-            if session.is_open:
-                session.send_frame(frame, "HYBRID_QUERY_DELTA")
+        staged, self._staged = self._staged, []
+        self._send(staged)
+
+
+def _rank(hit: _Hit) -> tuple[float, list[str]]:
+    return hit.score, hit.terms
 
 
 def _hybrid_key(sub_id: str) -> str:
@@ -380,10 +547,16 @@ async def hybrid_query_subscribe(session: Session, message: HybridQuerySubscribe
         session.send_error(400, str(invalid), details)
         return
     fields = server.security.field_filter(principal, request.map_name)
-    async with server.maps.holding(request.map_name):  # it reads every row
-        window, cut = server.hybrid.subscribe(
+    budgeted = server.maps.hot is not None
+    if budgeted:
+        window, cut = await server.hybrid.subscribe_budgeted(
             session, request.subscription_id, request.map_name, query, request.sort, fields
         )
+    else:
+        async with server.maps.holding(request.map_name):  # an archived map comes back
+            window, cut = server.hybrid.subscribe(
+                session, request.subscription_id, request.map_name, query, request.sort, fields
+            )
     server.subscriptions.add(
         session,
         Subscription(_hybrid_key(request.subscription_id), request.map_name, query.wire),
@@ -398,6 +571,8 @@ async def hybrid_query_subscribe(session: Session, message: HybridQuerySubscribe
             )
         )
     )
+    if budgeted:
+        server.hybrid.release(session, request.subscription_id)
 
 
 async def hybrid_query_unsubscribe(session: Session, message: HybridQueryUnsubscribe) -> None:

@@ -560,18 +560,6 @@ class MapRegistry:
         not hold what was evicted. Does nothing without a memory budget."""
         return _Holding(self, name, keys)
 
-    def pin_map(self, name: str) -> None:
-        """Keep every value of map `name` in memory until `unpin_map` (for a standing
-        subscription that re-reads any row on any change; load them with `holding` first)."""
-        if self.hot is not None:
-            self.hot.pin(name, None)
-
-    def unpin_map(self, name: str) -> None:
-        """Undo one `pin_map`."""
-        if self.hot is not None:
-            self.hot.unpin(name)
-            self.enforce_budget()
-
     async def hold(self, name: str, keys: Iterable[str] | None = None) -> _Holding:
         """`holding(name, keys)` entered: call `release()` on the result when done (for
         paths that cannot nest a block)."""

@@ -52,9 +52,9 @@ class ServerMetrics:
       retried since start; `topgun_storage_staged`: changes accepted but not yet durable
       (a write-behind backlog).
     - under a storage memory budget (tiering): `topgun_tier_budget_bytes`,
-      `topgun_tier_hot_bytes` (map values in memory, as the budget counts them), and the
-      cold-value loads and evictions since start, `topgun_tier_loads` /
-      `topgun_tier_evictions`.
+      `topgun_tier_hot_bytes` (map values in memory and what live views keep, as the
+      budget counts them), and the cold-value loads and evictions since start,
+      `topgun_tier_loads` / `topgun_tier_evictions`.
     """
 
     def __init__(self) -> None:
@@ -141,7 +141,7 @@ class ServerMetrics:
         """Export the memory budget's gauges (only servers with one have them)."""
         for name, help_text, read in (
             ("topgun_tier_budget_bytes", "Memory budget for map values.", lambda: budget_bytes),
-            ("topgun_tier_hot_bytes", "Map values in memory (estimated bytes).", hot_bytes),
+            ("topgun_tier_hot_bytes", "Map values and live views (estimated bytes).", hot_bytes),
             ("topgun_tier_loads", "Cold values loaded from storage since start.", loads),
             ("topgun_tier_evictions", "Values evicted from memory since start.", evictions),
         ):

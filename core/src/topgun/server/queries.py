@@ -7,7 +7,9 @@ the session receive the map's events, and answers `QUERY_RESP` with the page
 the subscriber's field-level security shows them, so a predicate or sort cannot probe fields
 the subscriber may not see. An OR-Map row's value is the array of the key's live values.
 From then on every change to the map brings the `QUERY_UPDATE`s of §6.5
-(`topgun.server.live.LiveQueryService`), until `QUERY_UNSUB` or disconnect.
+(`topgun.server.live.LiveQueryService`), until `QUERY_UNSUB` or disconnect. Under a memory
+budget the view is built a chunk of the map at a time and the page's values are loaded to
+send them; the query's updates wait until its `QUERY_RESP` is out.
 """
 
 from __future__ import annotations
@@ -38,11 +40,31 @@ async def query_sub(session: Session, message: QuerySub) -> None:
         session.send_error(400, str(invalid), details)
         return
     fields = server.security.field_filter(principal, request.map_name)
-    # Building a view reads every row: cold values are loaded for the time it takes.
-    async with server.maps.holding(request.map_name):
-        page = server.live.subscribe(
-            session, request.query_id, request.map_name, query, fields, now_ms=server.clock()
+    live, budgeted = server.live, server.maps.hot is not None
+    if budgeted:
+        # The view keeps what the query reads of each row; the page's values are loaded
+        # to send them, and the query's updates wait until the page is out.
+        await live.prepare(request.map_name, query, fields)
+        page = live.subscribe(
+            session,
+            request.query_id,
+            request.map_name,
+            query,
+            fields,
+            now_ms=server.clock(),
+            hold_updates=True,
         )
+        try:
+            rows = await live.values(request.map_name, fields, page.rows)
+        except BaseException:
+            live.unsubscribe(session, request.query_id)  # nothing answered: nothing held
+            raise
+    else:
+        async with server.maps.holding(request.map_name):  # an archived map comes back
+            page = live.subscribe(
+                session, request.query_id, request.map_name, query, fields, now_ms=server.clock()
+            )
+        rows = page.rows
     server.subscriptions.add(
         session, Subscription(request.query_id, request.map_name, request.query)
     )
@@ -50,13 +72,15 @@ async def query_sub(session: Session, message: QuerySub) -> None:
         QueryResp(
             payload=QueryRespPayload(
                 query_id=request.query_id,
-                results=[QueryResultRow(key=key, value=value) for key, value in page.rows],
+                results=[QueryResultRow(key=key, value=value) for key, value in rows],
                 has_more=page.has_more,
                 cursor_status=page.cursor_status,
                 next_cursor=page.next_cursor,
             )
         )
     )
+    if budgeted:
+        live.release(session, request.query_id)
 
 
 async def query_unsub(session: Session, message: QueryUnsub) -> None:

@@ -54,6 +54,7 @@ from topgun.server.session import CLIENT_CLOSED, SHUTDOWN_RETRY_AFTER_MS, Sessio
 from topgun.server.subscriptions import SubscriptionRegistry
 from topgun.server.topics import TopicRegistry
 from topgun.server.transport import Transport
+from topgun.server.views import Outbox
 from topgun.server.writes import WritePipeline
 from topgun.storage import (
     BudgetedBackend,
@@ -113,9 +114,12 @@ class Server:
             field_filter=self.security.field_filter,
             encode=self.codec.encode,
         )
+        self.outbox = Outbox(self.maps)
+        """Frames that follow changes (updates and, under a memory budget, events), in order."""
         self.live = LiveQueryService(
             self.maps,
             encode=self.codec.encode,
+            outbox=self.outbox,
             indexes={
                 name: [IndexSpec.parse(spec) for spec in options.indexes]
                 for name, options in config.maps.items()
@@ -123,9 +127,15 @@ class Server:
             adaptive_after=config.adaptive_index_after,
         )
         self.search = SearchService(
-            self.maps, config.maps, search_providers(self.pm), encode=self.codec.encode
+            self.maps,
+            config.maps,
+            search_providers(self.pm),
+            encode=self.codec.encode,
+            outbox=self.outbox,
         )
-        self.hybrid = HybridQueries(self.maps, encode=self.codec.encode, fusion=self.search.fusion)
+        self.hybrid = HybridQueries(
+            self.maps, encode=self.codec.encode, fusion=self.search.fusion, outbox=self.outbox
+        )
         self.router.watchers += [self.live.changed, self.search.changed, self.hybrid.changed]
         self.router.after_delivery += [self.live.flush, self.hybrid.flush]
         self.writes = WritePipeline(
@@ -226,6 +236,9 @@ class Server:
             stack.push_async_callback(backend.close)
             if isinstance(backend, BudgetedBackend):
                 self.maps.set_budget(backend.memory_budget)
+                self.router.send = self.outbox.put
+                self.outbox.backend = backend
+                self.router.settlers.append(self.outbox.settle)
                 hot = self.maps.hot
                 assert hot is not None
                 self.metrics.watch_tiering(

@@ -326,6 +326,9 @@ class WritePipeline:
             self.record_sent(context.connection, newest_sent)
         request.events = combined.events
         self.router.deliver(combined.events, origin)
+        if self.router.settlers:
+            # Updates waiting for rows these changes replaced read them from storage first.
+            await self.router.settle()
         try:
             request.commit = await self.maps.persist(combined)
         except StorageError as exc:
