@@ -3,6 +3,7 @@ restarts and crashes, prune floors."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import msgspec
@@ -12,8 +13,10 @@ from topgun.crdt import HLC, LWWRecord, Timestamp
 from topgun.server.ingest import (
     FLUSH_CHUNK,
     HEADER_NAMESPACE,
+    LOG_BLOCK,
     RESERVE,
     IngestLog,
+    MapLog,
     chunks_namespace,
     legacy_entries_namespace,
     stored_entries,
@@ -188,7 +191,7 @@ async def test_limit_pages_and_the_log_stays_compact() -> None:
         await node.write(f"k{i % 10}", i, ts(i))
     log = node.ingest.log("m")
     assert len(log.latest) == 10
-    assert len(log._entries) <= 64 + 2 * len(log.latest) + 1
+    assert log.entries() <= 2 * LOG_BLOCK
     page = node.ingest.delta("m", since_seq=0, limit=4)
     assert page.has_more
     assert len(page.records) == 4
@@ -314,3 +317,31 @@ async def test_entries_of_the_one_row_per_key_layout_are_kept_and_moved_into_chu
     assert {c.key: c.seq for c in second.ingest.delta("m").records} == seqs
     assert await second.backend.load_meta(legacy_entries_namespace("m")) == {}
     assert await stored_entries(second.backend, "m") == stored
+
+
+def test_the_log_answers_every_resume_point_as_a_plain_list_would() -> None:
+    """Blocks come and go and are rewritten as keys change; every resume point (by sequence
+    or by ingest stamp) still gives exactly the keys whose latest change is after it, and
+    the log stays within about twice its keys."""
+    rng = random.Random(7)
+    log = MapLog()
+    model: dict[str, tuple[int, Timestamp]] = {}
+    for seq in range(1, 20_001):
+        key = f"k{rng.randrange(300 if seq < 10_000 else 3000)}"
+        if rng.random() < 0.02 and model:
+            gone = rng.choice(sorted(model))
+            assert log.forget(gone) == model.pop(gone)
+        stamp = Timestamp(NOW, seq, "s")
+        log.add(key, seq, stamp)
+        model[key] = (seq, stamp)
+        if seq % 997 == 0:
+            for since in (0, seq // 2, seq - 5, seq):
+                expected = sorted((s, k) for k, (s, _) in model.items() if s > since)
+                by_seq = [(s, k) for k, s, _ in log.changes_after(seq=since)]
+                by_stamp = [
+                    (s, k) for k, s, _ in log.changes_after(stamp=Timestamp(NOW, since, "s"))
+                ]
+                assert by_seq == expected
+                assert by_stamp == expected
+            assert log.entries() <= 2 * len(model) + 2 * LOG_BLOCK
+    assert [k for k, _, _ in log.changes_after()] == sorted(model, key=lambda k: model[k][0])

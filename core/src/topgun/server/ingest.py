@@ -34,9 +34,9 @@ import bisect
 import itertools
 import logging
 import operator
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import msgspec
@@ -176,9 +176,32 @@ ChangeListener = Callable[[SequencedChange], None]
 """`listener(change)`: called for every change of its map as it is sequenced."""
 
 
+LOG_BLOCK: Final = 1024
+"""Entries per block of a map's in-memory log."""
+
+
+class _Block:
+    """A run of log entries, ascending; `live` of them are their key's latest."""
+
+    __slots__ = ("entries", "live")
+
+    def __init__(self) -> None:
+        self.entries: list[_Entry] = []
+        self.live = 0
+
+
+_Entry = tuple[int, Timestamp, str, _Block]
+"""(sequence, ingest HLC, key, the block holding it)."""
+
+
 @dataclass(slots=True)
 class MapLog:
-    """One map's compacted change log."""
+    """One map's compacted change log, in blocks of `LOG_BLOCK` entries.
+
+    A key's new change supersedes its previous entry: a block is dropped once none of its
+    entries is its key's latest, and rewritten without the superseded ones once they are
+    more than half of it, so the log holds about twice its keys at most and tidying it
+    never walks more than one block."""
 
     seq: int = 0
     """The last sequence handed out."""
@@ -187,45 +210,68 @@ class MapLog:
     floor: int = 0
     """The highest sequence of a pruned tombstone: resuming before it needs a reset."""
     floor_stamp: Timestamp | None = None
-    latest: dict[str, tuple[int, Timestamp, str]] = field(default_factory=dict)
-    """key -> its latest change: (sequence, ingest HLC, key), the entry in the log."""
-    _entries: list[tuple[int, Timestamp, str]] = field(default_factory=list)
-    """Ascending by sequence (and ingest HLC); superseded entries go at compaction."""
+    latest: dict[str, _Entry] = field(default_factory=dict)
+    """key -> its latest change, the entry in the log."""
+    _blocks: list[_Block] = field(default_factory=list)
 
     def add(self, key: str, seq: int, ingest: Timestamp) -> None:
         """Record `seq` (greater than every earlier one) as `key`'s latest change."""
-        entry = (seq, ingest, key)
-        latest = self.latest
-        latest[key] = entry
-        entries = self._entries
-        entries.append(entry)
-        if len(entries) > 64 and len(entries) > 2 * len(latest):
-            self._entries = [e for e in entries if latest.get(e[2]) is e]
+        blocks = self._blocks
+        if not blocks or len(blocks[-1].entries) >= LOG_BLOCK:
+            if blocks:
+                self._tidy(blocks[-1])  # it stops being the tail
+            blocks.append(_Block())
+        tail = blocks[-1]
+        entry = (seq, ingest, key, tail)
+        tail.entries.append(entry)
+        tail.live += 1
+        previous = self.latest.get(key)
+        self.latest[key] = entry
+        if previous is not None:
+            previous[3].live -= 1
+            self._tidy(previous[3])
 
     def forget(self, key: str) -> tuple[int, Timestamp] | None:
         """Drop `key`'s entry (its tombstone was pruned); returns (sequence, ingest HLC)."""
         entry = self.latest.pop(key, None)
-        return None if entry is None else (entry[0], entry[1])
+        if entry is None:
+            return None
+        entry[3].live -= 1
+        self._tidy(entry[3])
+        return entry[0], entry[1]
 
-    def start_after_seq(self, since: int) -> int:
-        """Index of the first change with a sequence greater than `since`."""
-        return bisect.bisect_right(self._entries, since, key=_SEQUENCE)
+    def _tidy(self, block: _Block) -> None:
+        if block is self._blocks[-1] and len(block.entries) < LOG_BLOCK:
+            return  # the tail still fills up; tidied when the next block starts
+        if block.live == 0:
+            self._blocks.remove(block)
+        elif 2 * block.live < len(block.entries):
+            latest = self.latest
+            block.entries = [e for e in block.entries if latest.get(e[2]) is e]
 
-    def start_after_stamp(self, since: Timestamp) -> int:
-        """Index of the first change ingested after `since`."""
-        return bisect.bisect_right(self._entries, since, key=_INGEST)
+    def entries(self) -> int:
+        """How many entries the log holds, superseded ones included."""
+        return sum(len(block.entries) for block in self._blocks)
 
-    def seq_before(self, index: int) -> int:
-        """The sequence just before position `index` (0 at the start)."""
-        return self._entries[index - 1][0] if index > 0 else 0
-
-    def changes_from(self, index: int) -> Iterable[tuple[str, int, Timestamp]]:
-        """(key, sequence, ingest HLC) of the live changes from position `index` on."""
+    def changes_after(
+        self, *, seq: int | None = None, stamp: Timestamp | None = None
+    ) -> Iterator[tuple[str, int, Timestamp]]:
+        """(key, sequence, ingest HLC) of the live changes after sequence `seq`, else after
+        ingest HLC `stamp`, else all of them, in ascending order."""
+        blocks = self._blocks
+        first, start = 0, 0
+        if seq is not None or stamp is not None:
+            field_of = _SEQUENCE if seq is not None else _INGEST
+            since: Any = seq if seq is not None else stamp
+            first = bisect.bisect_right(blocks, since, key=lambda b: field_of(b.entries[-1]))
+            if first < len(blocks):
+                start = bisect.bisect_right(blocks[first].entries, since, key=field_of)
         latest = self.latest
-        for entry in itertools.islice(self._entries, index, None):
-            seq, stamp, key = entry
-            if latest.get(key) is entry:
-                yield key, seq, stamp
+        for block in itertools.islice(blocks, first, None):
+            for entry in itertools.islice(block.entries, start, None):
+                if latest.get(entry[2]) is entry:
+                    yield entry[2], entry[0], entry[1]
+            start = 0
 
 
 _SEQUENCE: Final = operator.itemgetter(0)
@@ -346,15 +392,15 @@ class IngestLog:
         reset = False
         if since_seq is not None:
             reset = since_seq > log.seq or (since_seq > 0 and since_seq < log.floor)
-            start = 0 if reset else log.start_after_seq(since_seq)
+            changes = log.changes_after() if reset else log.changes_after(seq=since_seq)
         elif since_stamp is not None and since_stamp.millis > 0:
             reset = log.floor_stamp is not None and since_stamp < log.floor_stamp
-            start = 0 if reset else log.start_after_stamp(since_stamp)
+            changes = log.changes_after() if reset else log.changes_after(stamp=since_stamp)
         else:
-            start = 0
+            changes = log.changes_after()
         records: list[SequencedChange] = []
         has_more = False
-        for key, seq, ingest in log.changes_from(start):
+        for key, seq, ingest in changes:
             record = lww.get_record(key) if lww is not None else None
             if record is None:
                 continue
