@@ -225,19 +225,24 @@ class MapLog:
         entry = (seq, ingest, key, tail)
         tail.entries.append(entry)
         tail.live += 1
-        previous = self.latest.get(key)
-        self.latest[key] = entry
+        latest = self.latest
+        previous = latest.get(key)
+        latest[key] = entry
         if previous is not None:
-            previous[3].live -= 1
-            self._tidy(previous[3])
+            block = previous[3]
+            block.live -= 1
+            if 2 * block.live < len(block.entries):
+                self._tidy(block)
 
     def forget(self, key: str) -> tuple[int, Timestamp] | None:
         """Drop `key`'s entry (its tombstone was pruned); returns (sequence, ingest HLC)."""
         entry = self.latest.pop(key, None)
         if entry is None:
             return None
-        entry[3].live -= 1
-        self._tidy(entry[3])
+        block = entry[3]
+        block.live -= 1
+        if 2 * block.live < len(block.entries):
+            self._tidy(block)
         return entry[0], entry[1]
 
     def _tidy(self, block: _Block) -> None:
