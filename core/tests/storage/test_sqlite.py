@@ -294,4 +294,10 @@ async def test_every_batch_size_stores_every_row_once(tmp_path: Path, size: int)
         f"k{i}": i for i in range(size)
     }
     assert await backend.load_meta("ns") == {f"{i:05d}": str(i).encode() for i in range(size)}
+    await backend.store_batch(
+        [PutMeta("ns", f"{i:05d}", None) for i in range(0, size, 2)]  # every other key goes
+        + [PutMeta("ns", "back", b"1"), PutMeta("ns", "back", None), PutMeta("ns", "back", b"2")]
+    )
+    kept = {f"{i:05d}": str(i).encode() for i in range(1, size, 2)}
+    assert await backend.load_meta("ns") == {**kept, "back": b"2"}
     await backend.close()

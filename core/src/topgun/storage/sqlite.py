@@ -409,16 +409,17 @@ class SQLiteBackend:
         with self._translated(f"writing a batch of {len(changes)} change(s)"):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                # Runs of LWW puts and meta upserts go through multi-row statements (in
-                # order; meta rows are independent of map rows, so they may go after them),
-                # their parameters collected flat.
+                # Runs of LWW puts go through multi-row statements, their parameters
+                # collected flat. Meta rows are independent of map rows and only a key's
+                # last change in the batch counts, so they are coalesced per key and
+                # written at the end: one multi-row upsert, one multi-row delete.
                 lww: list[object] = []
-                meta: list[object] = []
+                meta: dict[tuple[str, str], bytes | None] = {}
                 map_name: str | None = None
                 map_id = 0
                 for change, value in zip(changes, values, strict=True):
-                    if change.__class__ is PutMeta and value is not None:
-                        meta += (change.namespace, change.key, value)
+                    if change.__class__ is PutMeta:
+                        meta[(change.namespace, change.key)] = value
                         continue
                     if change.__class__ is PutRecord:
                         if change.map_name != map_name:
@@ -430,10 +431,11 @@ class SQLiteBackend:
                         lww += (map_id, change.key, value, ts.millis, ts.counter, ts.node_id)
                         lww.append(record.ttl_ms)
                         continue
-                    self._flush(conn, lww, meta)
+                    _upsert(conn, _put_lww, lww, _LWW_COLUMNS)
                     self._apply(conn, change, value, created)
                     map_name = None  # it may have changed what `_map_id` finds
-                self._flush(conn, lww, meta)
+                _upsert(conn, _put_lww, lww, _LWW_COLUMNS)
+                _write_meta(conn, meta)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -581,15 +583,6 @@ class SQLiteBackend:
                 raise
         return replaced
 
-    @staticmethod
-    def _flush(conn: sqlite3.Connection, lww: list[object], meta: list[object]) -> None:
-        """Write (and clear) the pending LWW and meta rows (their parameters, flat) in
-        multi-row statements: the sqlite3 module releases and retakes the GIL around every
-        prepare and step, and retaking it waits while the event loop runs, so fewer
-        statements commit faster."""
-        _upsert(conn, _put_lww, lww, _LWW_COLUMNS)
-        _upsert(conn, _put_meta, meta, _META_COLUMNS)
-
     def _map_id(
         self,
         conn: sqlite3.Connection,
@@ -619,15 +612,8 @@ class SQLiteBackend:
         value: bytes | None,
         created: dict[str, tuple[int, MapKind]],
     ) -> None:
-        if isinstance(change, PutMeta):
-            if value is None:
-                conn.execute(
-                    "DELETE FROM meta WHERE namespace = ? AND key = ?",
-                    (change.namespace, change.key),
-                )
-            else:
-                conn.execute(_put_meta(1), (change.namespace, change.key, value))
-            return
+        """One change to a map (meta rows are written by `_write_meta`)."""
+        assert not isinstance(change, PutMeta)
         found = self._map_id(conn, change, change.map_name, created)
         if found is None:
             return
@@ -695,14 +681,29 @@ def _upsert(
         chunk = params[start * width : (start + size) * width]
         if size > _PAD_STEP:
             # Round up to a multiple of `_PAD_STEP` by repeating the last row (a no-op the
-            # second time: an upsert of what the row just stored), so a few dozen statement
-            # shapes serve every batch size from the connection's statement cache instead of
-            # compiling a new statement for almost every transaction.
+            # second time: an upsert of what the row just stored, or a delete of what is
+            # gone), so a few dozen statement shapes serve every batch size from the
+            # connection's statement cache instead of compiling one per transaction.
             padded = min(-(-size // _PAD_STEP) * _PAD_STEP, per_statement)
             chunk += chunk[-width:] * (padded - size)
             size = padded
         conn.execute(statement(size), chunk)
     params.clear()
+
+
+def _write_meta(conn: sqlite3.Connection, meta: dict[tuple[str, str], bytes | None]) -> None:
+    """Store each meta key's value (delete the key for `None`), in multi-row statements: the
+    sqlite3 module releases and retakes the GIL around every prepare and step, and retaking
+    it waits while the event loop runs, so fewer statements commit faster."""
+    puts: list[object] = []
+    gone: list[object] = []
+    for (namespace, key), value in meta.items():
+        if value is None:
+            gone += (namespace, key)
+        else:
+            puts += (namespace, key, value)
+    _upsert(conn, _put_meta, puts, _META_COLUMNS)
+    _upsert(conn, _delete_meta, gone, 2)  # a repeated last key is deleted twice: harmless
 
 
 _LWW_COLUMNS: Final = 7
@@ -728,6 +729,14 @@ def _put_lww(rows: int) -> str:
         " node_id = excluded.node_id, ttl_ms = excluded.ttl_ms"
         " WHERE (excluded.millis, excluded.counter, excluded.node_id)"
         " > (lww_records.millis, lww_records.counter, lww_records.node_id)"
+    )
+
+
+@functools.lru_cache(maxsize=_STATEMENT_CACHE)
+def _delete_meta(rows: int) -> str:
+    """Delete `rows` meta keys."""
+    return (
+        "DELETE FROM meta WHERE (namespace, key) IN (VALUES " + ", ".join(["(?, ?)"] * rows) + ")"
     )
 
 
