@@ -128,13 +128,15 @@ class HLC:
         millis, node_id = self._millis, self.node_id
         return [Timestamp(millis, counter, node_id) for counter in range(first, first + count)]
 
-    def update(self, remote: Timestamp) -> None:
+    def update(self, remote: Timestamp, *, checked: bool = False) -> None:
         """Fold in a received timestamp (§2.1), so that later readings sort after it.
 
         Raises ClockDriftError (strict mode) without changing the clock if `remote` is more
-        than `max_drift_ms` ahead of the wall clock, and ValueError if it is malformed.
+        than `max_drift_ms` ahead of the wall clock, and ValueError if it is malformed
+        (unless `checked`: the caller validated it already).
         """
-        validate_timestamp(remote)
+        if not checked:
+            validate_timestamp(remote)
         t = self.wall_ms()
         drift = remote.millis - t
         if drift > self.max_drift_ms:

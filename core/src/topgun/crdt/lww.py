@@ -129,17 +129,18 @@ class LWWMap:
         for listener in tuple(self._listeners):
             listener(key, record)
 
-    def merge(self, key: str, record: LWWRecord) -> bool:
+    def merge(self, key: str, record: LWWRecord, *, checked: bool = False) -> bool:
         """Apply a remote record if it is strictly newer than the key's; True if applied.
 
         The HLC absorbs the record's timestamp first, applied or not (PROTOCOL.md §2.1),
-        so a strict-mode ClockDriftError leaves the map unchanged.
+        so a strict-mode ClockDriftError leaves the map unchanged. `checked`: the caller
+        validated the record's timestamp and TTL already (the server's write pipeline).
         """
         if type(key) is not str or not isinstance(record, LWWRecord):
             _check_record(key, record)  # raises the precise TypeError
-        if record.ttl_ms is not None:
+        if record.ttl_ms is not None and not checked:
             check_ttl(record.ttl_ms)
-        self._hlc.update(record.timestamp)  # validates the timestamp before any change
+        self._hlc.update(record.timestamp, checked=checked)  # validates before any change
         current = self._records.get(key)
         if current is not None and not record.timestamp > current.timestamp:
             return False

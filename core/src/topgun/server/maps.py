@@ -319,14 +319,15 @@ class MapRegistry:
 
         return changed
 
-    def merge_lww(self, name: str, key: str, record: LWWRecord) -> bool:
+    def merge_lww(self, name: str, key: str, record: LWWRecord, *, checked: bool = False) -> bool:
         """LWW-merge `record` into map `name` (created if new); True if it was applied.
 
         Raises `MapKindMismatch`, `ClockDriftError` (strict clock) or `ValueError` for a
-        malformed record, before anything changes.
+        malformed record (its timestamp and TTL are not checked again if `checked`), before
+        anything changes.
         """
         self._active()
-        return self._lww_for_write(name).merge(key, record)
+        return self._lww_for_write(name).merge(key, record, checked=checked)
 
     def add_or(self, name: str, key: str, record: ORMapRecord) -> bool:
         """Add `record` to OR-Map `name` (created if new) unless its tag is tombstoned or

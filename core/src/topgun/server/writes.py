@@ -438,7 +438,7 @@ class WritePipeline:
                     self.maps.tombstone_or(op.map_name, op.or_tag, op.key)
                 else:
                     assert op.record is not None
-                    self.maps.merge_lww(op.map_name, op.key, op.record)
+                    self.maps.merge_lww(op.map_name, op.key, op.record, checked=True)  # classify
         except ClockDriftError:
             raise OpFailed("Clock drift", 400) from None
         except MapKindMismatch:
