@@ -176,6 +176,7 @@ actions = ["ALL"]
         ),
         ("[hlc]\nstrict = 'yes'", "config.toml: [hlc] strict: expected bool, got 'yes'"),
         ("storage = 3", "config.toml: [storage]: expected object, got 3"),
+        ("[storage]\nmax_batch = 0", "config.toml: [storage] max_batch: expected int >= 1, got 0"),
         (
             "[[policies]]\nrole = 'U'\nmap_name_pattern = '*'\nactions = ['READ', 'WRITE']",
             "config.toml: [[policies]] #1 actions[1]: expected one of ALL, PUT, READ, REMOVE, "

@@ -181,3 +181,18 @@ async def test_a_failing_session_closes_1011_and_the_server_keeps_serving(
         other = await h.login()
         await other.send(Ping(timestamp=0))
         assert isinstance(await other.receive(), Pong)
+
+
+async def test_the_storage_writer_takes_its_limits_from_the_configuration(start: Any) -> None:
+    async with start(storage=StorageConfig(backend="memory", max_batch=3, max_queued=7)) as h:
+        writer = h.server.storage_writer
+        assert (writer.max_batch, writer.max_queued) == (3, 7)
+        client = await h.login()
+        ops = [
+            ClientOp(map_name="m", key=f"k{i}", record=LWWRecord(i, Timestamp(T, i, "c")))
+            for i in range(20)
+        ]
+        await client.send(OpBatch(payload=OpBatchPayload(ops=ops, write_concern="PERSISTED")))
+        ack = await client.receive()
+        assert isinstance(ack, OpAck)
+        assert ack.payload.achieved_level == "PERSISTED"

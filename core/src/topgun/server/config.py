@@ -115,6 +115,12 @@ class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Wrapper name -> its own options (`[storage.wrapper_options.<name>]`)."""
     codecs: tuple[NonEmptyStr, ...] = ()
     """Value codecs (`register_codecs`) applied to persisted bytes, in this order."""
+    max_batch: PositiveInt = 4000
+    """The storage writer commits at most this many changes per transaction (group commit:
+    under load, larger transactions cost less per change; a `PERSISTED` write may wait for
+    one to finish)."""
+    max_queued: PositiveInt = 20_000
+    """Writes wait (backpressure) while this many changes wait for a transaction."""
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -254,7 +254,10 @@ class Server:
             await self.ingest.load(backend)
             self.maps.on_restore += [self.expiry.load_map, self.ingest.load_map]
             await self.resolvers.load(backend)
-            writer = await stack.enter_async_context(StorageWriter(backend))
+            options = self.config.storage
+            writer = await stack.enter_async_context(
+                StorageWriter(backend, max_batch=options.max_batch, max_queued=options.max_queued)
+            )
             self.storage_writer = self.maps.writer = writer
             stack.push_async_callback(self.ingest.flush, writer.submit)  # before it closes
             await self.locks.load(backend, writer.submit)
