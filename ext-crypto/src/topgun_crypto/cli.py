@@ -9,7 +9,6 @@ server rotates in the background itself when `[crypto] rotate_on_startup` is set
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,10 +16,10 @@ from typing import Any, TypeVar
 
 import anyio
 import click
-import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from topgun.admin_jobs import follow_job
 from topgun.hooks import PluginError, TopgunPluginManager
 from topgun.server.config import (
     ConfigError,
@@ -190,41 +189,21 @@ def rotate_command(
 
 def _rotate_online(url: str, token: str | None, console: Console) -> None:
     """Ask the server at `url` to rotate and follow its progress until it is done."""
-    if not token:
-        raise click.UsageError("--url needs --token (or TOPGUN_TOKEN): an ADMIN token")
-    endpoint = url.rstrip("/") + "/admin/crypto/rotate"
-    headers = {"Authorization": f"Bearer {token}"}
     columns = (
         TextColumn("[bold]rotating to key {task.fields[key]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    try:
-        with httpx.Client(timeout=30) as client:
-            status = _answer(client.post(endpoint, headers=headers))
-            with Progress(*columns, console=console) as bar:
-                task = bar.add_task("rotate", total=None, key=status["key"])
-                while status["running"]:
-                    time.sleep(0.2)  # the server works; this only polls its progress
-                    status = _answer(client.get(endpoint, headers=headers))
-                    bar.update(task, completed=status["done"], total=status["total"] or None)
-    except httpx.HTTPError as exc:
-        click.echo(f"topgun crypto: {endpoint}: {exc}", err=True)
-        raise SystemExit(1) from None
-    if status["error"] is not None:
-        click.echo(f"topgun crypto: the rotation stopped: {status['error']}", err=True)
-        raise SystemExit(1)
+    status = follow_job(
+        url,
+        "/admin/crypto/rotate",
+        token,
+        prog="crypto",
+        what="the rotation",
+        columns=columns,
+        fields={"key": "..."},
+        progress=lambda s: {"completed": s["done"], "total": s["total"] or None, "key": s["key"]},
+        console=console,
+    )
     click.echo(f"rotated {status['rotated']} of {status['done']} value(s) to key {status['key']!r}")
-
-
-def _answer(response: httpx.Response) -> dict[str, Any]:
-    if response.status_code not in (200, 202):
-        try:
-            error = response.json().get("error", response.text)
-        except ValueError:
-            error = response.text
-        click.echo(f"topgun crypto: the server answered {response.status_code}: {error}", err=True)
-        raise SystemExit(1)
-    status: dict[str, Any] = response.json()
-    return status

@@ -13,14 +13,12 @@ from __future__ import annotations
 import datetime
 import functools
 import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import click
-import httpx
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -31,6 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from topgun.admin_jobs import follow_job
 from topgun.hooks import PluginError, TopgunPluginManager
 from topgun.server.config import ConfigError, config_options, config_sections, read_config
 from topgun.storage import StorageError, open_storage
@@ -258,57 +257,36 @@ def _archive_online(
     url: str, token: str | None, older_than: str | None, names: tuple[str, ...]
 ) -> None:
     """Ask the server at `url` to archive and follow its progress until it is done."""
-    if not token:
-        raise click.UsageError("--url needs --token (or TOPGUN_TOKEN): an ADMIN token")
-    endpoint = url.rstrip("/") + "/admin/tier/archive"
-    headers = {"Authorization": f"Bearer {token}"}
     request: dict[str, Any] = {"maps": list(names)}
     if older_than is not None:
         request["older_than"] = older_than
-    console = Console(stderr=True)
     columns = (
         TextColumn("[bold]archiving: {task.fields[keys]:,} key(s)"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    try:
-        with httpx.Client(timeout=30) as client:
-            status = _answer(client.post(endpoint, headers=headers, json=request))
-            with Progress(*columns, console=console) as bar:
-                task = bar.add_task("archive", total=None, keys=0)
-                while status["running"]:
-                    time.sleep(0.2)  # the server works; this only polls its progress
-                    status = _answer(client.get(endpoint, headers=headers))
-                    bar.update(
-                        task,
-                        completed=status["maps_done"],
-                        total=status["maps_total"] or None,
-                        keys=status["keys"],
-                    )
-    except httpx.HTTPError as exc:
-        click.echo(f"topgun tier: {endpoint}: {exc}", err=True)
-        raise SystemExit(1) from None
-    if status["error"] is not None:
-        click.echo(f"topgun tier: archiving stopped: {status['error']}", err=True)
-        raise SystemExit(1)
+    status = follow_job(
+        url,
+        "/admin/tier/archive",
+        token,
+        prog="tier",
+        what="archiving",
+        columns=columns,
+        fields={"keys": 0},
+        progress=lambda s: {
+            "completed": s["maps_done"],
+            "total": s["maps_total"] or None,
+            "keys": s["keys"],
+        },
+        request=request,
+        console=Console(stderr=True),
+    )
     click.echo(
         f"archived {status['keys']:,} key(s) of {status['maps_done']} map(s) in "
         f"{status['segments']} segment(s) ({_size(status['bytes'])}); "
         f"{status['evicted']:,} value(s) left memory"
     )
-
-
-def _answer(response: httpx.Response) -> dict[str, Any]:
-    if response.status_code not in (200, 202):
-        try:
-            error = response.json().get("error", response.text)
-        except ValueError:
-            error = response.text
-        click.echo(f"topgun tier: the server answered {response.status_code}: {error}", err=True)
-        raise SystemExit(1)
-    status: dict[str, Any] = response.json()
-    return status
 
 
 @tier.command()
