@@ -18,7 +18,7 @@ import pytest
 import topgun_vector.plugin
 from topgun_vector import HashEmbedder, SentenceTransformerEmbedder, VectorConfig, VectorMapConfig
 from topgun_vector.embedders import Vectors
-from topgun_vector.service import VectorService
+from topgun_vector.service import VectorService, snapshot_path
 
 from topgun.crdt.records import LWWRecord, Timestamp
 from topgun.hooks import TopgunPluginManager, hookimpl
@@ -569,3 +569,32 @@ async def test_embedding_never_blocks_the_event_loop(start_server: Any) -> None:
         await settled(live)
         found = await vsearch(client, HashEmbedder(64).embed(["merkle"])[0].tobytes())
         assert [r.key for r in found.results] == ["a"]
+
+
+async def test_a_restart_under_a_memory_budget_indexes_every_row_again(start_server: Any) -> None:
+    """With tiered storage, start-up loads a map page by page and evicts values down to the
+    budget as it goes; the vector index's catch-up then reads the rows a chunk at a time
+    (loading cold values) instead of failing on the first cold one."""
+    import topgun_tiered.plugin
+
+    storage = StorageConfig(
+        backend="sqlite", wrappers=("tiered",), wrapper_options={"tiered": {"budget": 20_000}}
+    )
+    maps = sections(docs=VectorMapConfig(("text",)))
+    texts = {f"d{i}": {"text": f"document {i} about merkle trees " + "x" * 200} for i in range(300)}
+    async with start_server(
+        pm=vector_pm(topgun_tiered.plugin), sections=maps, storage=storage
+    ) as live:
+        client = await live.client()
+        for i, (key, value) in enumerate(texts.items(), 1):
+            await write(client, put(key, value, i))
+        await settled(live)
+    # Without a snapshot the next start embeds every row again, reading each one.
+    snapshot_path(live.server.config.data_dir, "docs", "text").unlink(missing_ok=True)
+    async with start_server(
+        pm=vector_pm(topgun_tiered.plugin), sections=maps, storage=storage
+    ) as live:
+        hot = live.server.maps.hot
+        assert hot is not None
+        assert any(live.server.maps.lww("docs").is_cold(key) for key in texts)  # type: ignore[union-attr]
+        assert len(service_of(live).indexes["docs"]["text"].index) == len(texts)

@@ -42,6 +42,7 @@ from topgun.query import ABSENT, CompiledQuery, QueryError, parse_query
 from topgun.search import RRF_K, SCORE_EPSILON, SearchError, reciprocal_rank_fusion
 from topgun.server.live import current_value, live_items
 from topgun.server.permissions import WITHHELD, FieldFilter
+from topgun.server.views import scan
 from topgun_vector.config import VectorConfig, VectorMapConfig
 from topgun_vector.embedders import Embedder, Vectors
 from topgun_vector.index import VectorIndex, fingerprint
@@ -187,25 +188,32 @@ class VectorService:
     async def load(self, progress: Callable[[int], None] | None = None) -> None:
         """Load every snapshot, then catch up with the maps (see the module docstring)."""
         for map_name, fields in self.indexes.items():
-            rows = dict(live_items(self.server.maps, map_name))
-            for target in fields.values():
-                loaded = target.index.load(target.path)
-                stale = [k for k in target.index.indexed_keys() if k not in rows]
+            loaded = {name: target.index.load(target.path) for name, target in fields.items()}
+            embedded = dict.fromkeys(fields, 0)
+            present: set[str] = set()
+            # A chunk of rows at a time: under a memory budget only a chunk's values are held.
+            async for chunk in scan(self.server.maps, map_name):
+                rows = dict(chunk)
+                present.update(rows)
+                for name, target in fields.items():
+                    todo = [
+                        key
+                        for key, value in rows.items()
+                        if (source := target.source_of(value)) is not None
+                        and target.index.fingerprint(key) != fingerprint(source)
+                    ]
+                    await self._update(target, todo, rows, progress)
+                    embedded[name] += len(todo)
+            for name, target in fields.items():
+                stale = [k for k in target.index.indexed_keys() if k not in present]
                 for key in stale:
                     target.index.remove(key)
-                todo = [
-                    key
-                    for key, value in rows.items()
-                    if (source := target.source_of(value)) is not None
-                    and target.index.fingerprint(key) != fingerprint(source)
-                ]
-                await self._update(target, todo, rows, progress)
                 logger.info(
                     "vector index %s.%s: %s, %d re-embedded, %d removed",
                     map_name,
                     target.field,
-                    "snapshot loaded" if loaded else "built",
-                    len(todo),
+                    "snapshot loaded" if loaded[name] else "built",
+                    embedded[name],
                     len(stale),
                 )
 
