@@ -594,7 +594,15 @@ async def test_a_restart_under_a_memory_budget_indexes_every_row_again(start_ser
     async with start_server(
         pm=vector_pm(topgun_tiered.plugin), sections=maps, storage=storage
     ) as live:
-        hot = live.server.maps.hot
-        assert hot is not None
-        assert any(live.server.maps.lww("docs").is_cold(key) for key in texts)  # type: ignore[union-attr]
+        lww = live.server.maps.lww("docs")
+        assert lww is not None
+        assert sum(lww.is_cold(key) for key in texts) > len(texts) // 2
         assert len(service_of(live).indexes["docs"]["text"].index) == len(texts)
+        # Searches over cold rows load what they read: candidates, a filter's rows, hits.
+        client = await live.client()
+        found = await vsearch(client, "document 7 about merkle trees", k=5)
+        assert len(found.results) == 5
+        assert all(row.value == texts[row.key] for row in found.results)
+        only = PredicateNode(op="eq", attribute="text", value=texts["d42"]["text"])
+        filtered = await vsearch(client, "document", predicate=only, k=3)
+        assert [(r.key, r.value) for r in filtered.results] == [("d42", texts["d42"])]

@@ -61,8 +61,7 @@ async def vector_search(session: Session, message: VectorSearch) -> None:
     except VectorSearchError as bad:
         session.send(_failed(request.request_id, str(bad)))
         return
-    ranked, total = service.rank(plan, fields)
-    rows = service.hits(ranked, request.map_name, fields)
+    _, total, rows = await service.results(plan, fields)
     session.send(
         VectorSearchResp(
             payload=VectorSearchRespPayload(
@@ -83,8 +82,7 @@ async def vector_search_sub(session: Session, message: VectorSearchSub) -> None:
     except VectorSearchError as bad:
         session.send(_failed(request.subscription_id, str(bad)))
         return
-    ranked, total = service.subscribe(session, request.subscription_id, plan, fields)
-    rows = service.hits(ranked, request.map_name, fields)
+    rows, total = await service.subscribe(session, request.subscription_id, plan, fields)
     session.send(
         VectorSearchResp(
             payload=VectorSearchRespPayload(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["FieldIndex", "Ranked", "VectorSearchError", "VectorService", "snapshot_path"]
 
 logger = logging.getLogger(__name__)
+
+_Candidates = tuple[list[tuple[str, float]], list[tuple[str, list[str]]]]
+"""(nearest keys with their similarity, text-search keys with their matched terms)."""
 
 HYBRID_LIST_MIN: Final = 100
 """Each list of a hybrid search holds at least this many hits (more when `k` is larger)."""
@@ -256,17 +259,19 @@ class VectorService:
                 last_snapshot = time.monotonic()
 
     async def _apply(self, map_name: str, keys: list[str]) -> None:
-        rows = {key: current_value(self.server.maps, map_name, key) for key in keys}
-        for target in self.indexes[map_name].values():
-            todo: list[str] = []
-            for key, value in rows.items():
-                source = target.source_of(value)
-                if source is None:
-                    target.index.remove(key)
-                elif target.index.fingerprint(key) != fingerprint(source):
-                    todo.append(key)
-            await self._update(target, todo, rows, None)
-        self._refresh_live(map_name, set(keys))
+        maps = self.server.maps
+        async with maps.holding(map_name, keys):  # loads what a memory budget evicted
+            rows = {key: current_value(maps, map_name, key) for key in keys}
+            for target in self.indexes[map_name].values():
+                todo: list[str] = []
+                for key, value in rows.items():
+                    source = target.source_of(value)
+                    if source is None:
+                        target.index.remove(key)
+                    elif target.index.fingerprint(key) != fingerprint(source):
+                        todo.append(key)
+                await self._update(target, todo, rows, None)
+        await self._refresh_live(map_name, set(keys))
 
     async def _update(
         self,
@@ -369,54 +374,103 @@ class VectorService:
             request.min_score,
         )
 
-    def rank(self, plan: _Plan, fields: FieldFilter) -> tuple[list[Ranked], int]:
-        """The results of `plan` for a reader seeing `fields`, and the candidate count."""
+    async def results(
+        self, plan: _Plan, fields: FieldFilter
+    ) -> tuple[list[Ranked], int, list[VectorHit]]:
+        """The results of `plan` for a reader seeing `fields`, the candidate count, and
+        their wire rows. Under a memory budget the rows it reads are loaded first: the
+        filter's a chunk at a time, the candidates' together."""
         maps = self.server.maps
-
-        def visible(key: str) -> Any:
-            value = current_value(maps, plan.map_name, key)
-            return WITHHELD if value is ABSENT else fields.apply(value)
-
+        if not maps.tiered:
+            ranked, total = self._rank(plan, fields, self._allowed(plan, fields))
+            return ranked, total, self.hits(ranked, plan.map_name, fields)
         allowed: set[str] | None = None
         if plan.filter is not None:
             allowed = set()
-            for key, value in live_items(maps, plan.map_name):
-                shown = fields.apply(value)
-                if shown is not WITHHELD and plan.filter.matches(shown):
-                    allowed.add(key)
+            async for chunk in scan(maps, plan.map_name):
+                allowed.update(self._passing(plan, fields, chunk))
+        nearest, text_hits = self._candidates(plan, allowed)
+        keys = [k for k, _ in nearest] + [k for k, _ in text_hits]
+        async with maps.holding(plan.map_name, keys):
+            ranked, total = self._rank(plan, fields, allowed, (nearest, text_hits))
+            return ranked, total, self.hits(ranked, plan.map_name, fields)
+
+    def _allowed(self, plan: _Plan, fields: FieldFilter) -> set[str] | None:
+        """The keys `plan`'s filter lets through as `fields` shows them (None: no filter)."""
+        if plan.filter is None:
+            return None
+        return set(self._passing(plan, fields, live_items(self.server.maps, plan.map_name)))
+
+    @staticmethod
+    def _passing(
+        plan: _Plan, fields: FieldFilter, rows: Iterable[tuple[str, Any]]
+    ) -> Iterator[str]:
+        assert plan.filter is not None
+        for key, value in rows:
+            shown = fields.apply(value)
+            if shown is not WITHHELD and plan.filter.matches(shown):
+                yield key
+
+    def _depth(self, plan: _Plan) -> tuple[int, bool]:
         text_index = self.server.search.index(plan.map_name) if plan.text is not None else None
         hybrid = text_index is not None and plan.weights[1] > 0
-        depth = max(plan.k, HYBRID_LIST_MIN) if hybrid else plan.k
+        return (max(plan.k, HYBRID_LIST_MIN) if hybrid else plan.k), hybrid
+
+    def _candidates(self, plan: _Plan, allowed: set[str] | None) -> _Candidates:
+        """The nearest keys by vector (with similarity) and the keys the text search found
+        (with their matched terms), in rank order, before the reader's field filter."""
+        depth, hybrid = self._depth(plan)
         index = plan.target.index
         if plan.vector is None:
-            if not hybrid:
-                return [], 0
-            nearest = []
+            nearest: list[tuple[str, float]] = []
         elif allowed is not None and len(allowed) <= self.config.exact_below:
             nearest = index.exact(plan.vector, allowed)
         else:
             nearest = self._filtered(index, plan.vector, depth, allowed)
-        nearest = [(k, s) for k, s in nearest if visible(k) is not WITHHELD][:depth]
-        similarity = dict(nearest)
-        if not hybrid:
-            ranked = [Ranked(k, s, s, []) for k, s in nearest]
-        else:
+        text_hits: list[tuple[str, list[str]]] = []
+        if hybrid:
+            text_index = self.server.search.index(plan.map_name)
             assert text_index is not None
             assert plan.text is not None
             try:
                 found = text_index.search(plan.text, max_results=max(depth, 1000))
             except SearchError:
                 found = None
-            terms: dict[str, list[str]] = {}
-            text_keys: list[str] = []
-            for hit in [] if found is None else found.hits:
-                if (allowed is None or hit.key in allowed) and visible(hit.key) is not WITHHELD:
-                    terms[hit.key] = hit.matched_terms
-                    text_keys.append(hit.key)
-                    if len(text_keys) >= depth:
-                        break
+            if found is not None:
+                text_hits = [
+                    (hit.key, hit.matched_terms)
+                    for hit in found.hits
+                    if allowed is None or hit.key in allowed
+                ]
+        return nearest, text_hits
+
+    def _rank(
+        self,
+        plan: _Plan,
+        fields: FieldFilter,
+        allowed: set[str] | None,
+        candidates: _Candidates | None = None,
+    ) -> tuple[list[Ranked], int]:
+        """Rank the candidates (found now unless given) as `fields` shows their rows."""
+        maps = self.server.maps
+
+        def visible(key: str) -> Any:
+            value = current_value(maps, plan.map_name, key)
+            return WITHHELD if value is ABSENT else fields.apply(value)
+
+        depth, hybrid = self._depth(plan)
+        if plan.vector is None and not hybrid:
+            return [], 0
+        nearest, text_hits = candidates or self._candidates(plan, allowed)
+        nearest = [(k, s) for k, s in nearest if visible(k) is not WITHHELD][:depth]
+        similarity = dict(nearest)
+        if not hybrid:
+            ranked = [Ranked(k, s, s, []) for k, s in nearest]
+        else:
+            shown = [(k, t) for k, t in text_hits if visible(k) is not WITHHELD][:depth]
+            terms = dict(shown)
             fused = reciprocal_rank_fusion(
-                [[k for k, _ in nearest], text_keys], weights=plan.weights, k=RRF_K
+                [[k for k, _ in nearest], [k for k, _ in shown]], weights=plan.weights, k=RRF_K
             )
             ranked = [Ranked(k, s, similarity.get(k), terms.get(k, [])) for k, s in fused if s > 0]
         if plan.min_score is not None:
@@ -449,15 +503,15 @@ class VectorService:
 
     # -- live vector searches ----------------------------------------------------------------
 
-    def subscribe(
+    async def subscribe(
         self, session: Recipient, subscription_id: str, plan: _Plan, fields: FieldFilter
-    ) -> tuple[list[Ranked], int]:
-        """Start (or replace) a live vector search; returns its first results."""
-        ranked, total = self.rank(plan, fields)
+    ) -> tuple[list[VectorHit], int]:
+        """Start (or replace) a live vector search; returns its first rows and count."""
+        ranked, total, rows = await self.results(plan, fields)
         live = _Live(plan, session, subscription_id, fields)
         live.window = {r.key: r for r in ranked}
         self._live[(session, subscription_id)] = live
-        return ranked, total
+        return rows, total
 
     def unsubscribe(self, session: Recipient, subscription_id: str) -> None:
         self._live.pop((session, subscription_id), None)
@@ -467,7 +521,7 @@ class VectorService:
         for sub in [s for s in self._live if s[0] is session]:
             del self._live[sub]
 
-    def _refresh_live(self, map_name: str, changed: set[str]) -> None:
+    async def _refresh_live(self, map_name: str, changed: set[str]) -> None:
         encode = self.server.codec.encode
         for live in list(self._live.values()):
             if live.plan.map_name != map_name:
@@ -475,7 +529,10 @@ class VectorService:
             if not live.session.is_open:
                 self.drop(live.session)
                 continue
-            ranked, _ = self.rank(live.plan, live.fields)
+            ranked, _, rows = await self.results(live.plan, live.fields)
+            if self._live.get((live.session, live.subscription_id)) is not live:
+                continue  # replaced or stopped meanwhile
+            shown = {hit.key: hit.value for hit in rows}
             now = {r.key: r for r in ranked}
             updates: list[tuple[Literal["ENTER", "UPDATE", "LEAVE"], Ranked]] = [
                 ("LEAVE", old) for key, old in live.window.items() if key not in now
@@ -490,9 +547,9 @@ class VectorService:
             for kind, r in updates:
                 value = None
                 if kind != "LEAVE":
-                    value = live.fields.apply(current_value(self.server.maps, map_name, r.key))
-                    if value is WITHHELD:
-                        continue
+                    if r.key not in shown:
+                        continue  # withheld from this reader
+                    value = shown[r.key]
                 message = VectorSearchUpdate(
                     payload=VectorSearchUpdatePayload(
                         subscription_id=live.subscription_id,
