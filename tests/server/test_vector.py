@@ -606,3 +606,18 @@ async def test_a_restart_under_a_memory_budget_indexes_every_row_again(start_ser
         only = PredicateNode(op="eq", attribute="text", value=texts["d42"]["text"])
         filtered = await vsearch(client, "document", predicate=only, k=3)
         assert [(r.key, r.value) for r in filtered.results] == [("d42", texts["d42"])]
+        # A live search over cold rows: its window's values are loaded as it refreshes.
+        payload = VectorSearchSubPayload(
+            subscription_id="s1", map_name="docs", query="document 7 about merkle trees", k=5
+        )
+        await client.send(VectorSearchSub(payload=payload))
+        first = await client.expect(VectorSearchResp, timeout=MODEL_DEADLINE)
+        assert len(first.payload.results) == 5
+        fresh = {"text": "document 7 about merkle trees"}
+        await write(client, put("new", fresh, 1000))
+        updates = [await client.expect(VectorSearchUpdate, timeout=MODEL_DEADLINE) for _ in "12"]
+        kinds = {(u.payload.key, u.payload.type) for u in updates}
+        assert ("new", "ENTER") in kinds  # and one row left the window of 5 to make room
+        assert [u.payload.type for u in updates].count("LEAVE") == 1
+        (entered,) = [u for u in updates if u.payload.type == "ENTER"]
+        assert entered.payload.value == fresh
