@@ -136,6 +136,8 @@ class EventRouter:
                 fields = self.field_filter(principal, event.map_name)
                 if fields.readable:
                     audience.append((session, fields))
+        if not any(audiences.values()):
+            return 0
         inbox: dict[Recipient, list[EventPayload]] = {}
         shown: dict[tuple[int, FieldFilter], EventPayload | None] = {}
         for index, event in enumerate(events):

@@ -424,6 +424,8 @@ class HybridQueries:
         deltas (`flush` sends them); returns the sessions whose hybrid filter matches each
         changed key (before or after the change)."""
         interest: Interest = {}
+        if not self._subs and not self._building:
+            return interest
         changed: dict[str, dict[str, Any]] = {}
         for event in events:
             record = event.record
