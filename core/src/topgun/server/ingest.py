@@ -100,23 +100,41 @@ _entry_decoder: Final = msgspec.msgpack.Decoder(_StoredEntry)
 _chunk_decoder: Final = msgspec.msgpack.Decoder(list[_ChunkEntry])
 
 
+@dataclass(slots=True)
+class _Stored:
+    """What storage holds of a map's entries, in both layouts."""
+
+    legacy: list[str]
+    """Keys with a row of the one-row-per-key layout."""
+    chunks: dict[int, list[_ChunkEntry]]
+    """Chunk number -> its entries, stale ones included."""
+    latest: dict[str, tuple[_StoredEntry, int | None]]
+    """key -> its newest entry and the chunk holding it (`None`: a one-row-per-key row)."""
+
+
+async def _read_stored(backend: StorageBackend, map_name: str) -> _Stored:
+    legacy = await backend.load_meta(legacy_entries_namespace(map_name))
+    latest: dict[str, tuple[_StoredEntry, int | None]] = {
+        key: (_entry_decoder.decode(raw), None) for key, raw in legacy.items()
+    }
+    chunks: dict[int, list[_ChunkEntry]] = {}
+    for row_key, raw in sorted((await backend.load_meta(chunks_namespace(map_name))).items()):
+        number = int(row_key)
+        entries = chunks[number] = _chunk_decoder.decode(raw)
+        for e in entries:
+            held = latest.get(e.key)
+            if held is None or e.seq >= held[0].seq:
+                latest[e.key] = (_StoredEntry(e.seq, e.ingest, e.record), number)
+    return _Stored(list(legacy), chunks, latest)
+
+
 async def stored_entries(
     backend: StorageBackend, map_name: str
 ) -> dict[str, tuple[int, Timestamp, Timestamp]]:
     """key -> (sequence, ingest HLC, record HLC) as storage holds them (both layouts; the
     newest entry of a key wins)."""
-    found: dict[str, tuple[int, Timestamp, Timestamp]] = {}
-    legacy = await backend.load_meta(legacy_entries_namespace(map_name))
-    for key, raw in legacy.items():
-        entry = _entry_decoder.decode(raw)
-        found[key] = (entry.seq, entry.ingest, entry.record)
-    chunks = await backend.load_meta(chunks_namespace(map_name))
-    for _, raw in sorted(chunks.items()):
-        for e in _chunk_decoder.decode(raw):
-            held = found.get(e.key)
-            if held is None or e.seq >= held[0]:
-                found[e.key] = (e.seq, e.ingest, e.record)
-    return found
+    stored = await _read_stored(backend, map_name)
+    return {key: (e.seq, e.ingest, e.record) for key, (e, _) in stored.latest.items()}
 
 
 @dataclass(slots=True)
@@ -488,22 +506,14 @@ class IngestLog:
             floor=header.floor,
             floor_stamp=header.floor_stamp,
         )
-        legacy = await backend.load_meta(legacy_entries_namespace(name))
-        stored: dict[str, tuple[_StoredEntry, int | None]] = {
-            key: (_entry_decoder.decode(raw), None) for key, raw in legacy.items()
-        }
+        on_disk = await _read_stored(backend, name)
+        stored = on_disk.latest
         chunks = self._chunks[name] = _Chunks()
-        for row_key, raw in sorted((await backend.load_meta(chunks_namespace(name))).items()):
-            number = int(row_key)
-            entries = _chunk_decoder.decode(raw)
+        for number, entries in on_disk.chunks.items():
             chunks.members[number] = [e.key for e in entries]
             chunks.live[number] = 0
             chunks.stored += len(entries)
             chunks.next = max(chunks.next, number + 1)
-            for e in entries:
-                held = stored.get(e.key)
-                if held is None or e.seq >= held[0].seq:
-                    stored[e.key] = (_StoredEntry(e.seq, e.ingest, e.record), number)
         kept: list[tuple[int, str, Timestamp]] = []
         fresh: list[tuple[Timestamp, str]] = []
         moved: list[str] = []  # kept entries of the one-row-per-key layout
@@ -530,7 +540,7 @@ class IngestLog:
             log.add(key, log.seq, self.hlc.now())
         log.reserved = log.seq + RESERVE
         repairs.append(PutMeta(HEADER_NAMESPACE, name, _encode(self._header(log))))
-        repairs += [PutMeta(legacy_entries_namespace(name), key, None) for key in legacy]
+        repairs += [PutMeta(legacy_entries_namespace(name), key, None) for key in on_disk.legacy]
         for number in [number for number, live in chunks.live.items() if live == 0]:
             repairs.append(PutMeta(chunks_namespace(name), _chunk_key(number), None))
             del chunks.live[number]

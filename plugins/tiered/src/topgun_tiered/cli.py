@@ -32,7 +32,7 @@ from rich.table import Table
 from topgun.admin_jobs import follow_job
 from topgun.hooks import PluginError, TopgunPluginManager
 from topgun.server.config import ConfigError, config_options, config_sections, read_config
-from topgun.storage import StorageError, open_storage
+from topgun.storage import StorageError, open_configured_storage
 from topgun_tiered.options import parse_age
 from topgun_tiered.wrapper import TieredBackend
 
@@ -51,15 +51,7 @@ def _open(pm: TopgunPluginManager, config_file: Path | None, overrides: dict[str
             'the storage configuration does not use tiered storage: list "tiered" last in '
             f"[storage] wrappers (it lists {list(storage.wrappers)})"
         )
-    return open_storage(
-        pm,
-        data_dir=config.data_dir,
-        backend=storage.backend,
-        codecs=storage.codecs,
-        wrappers=storage.wrappers,
-        options=storage.options,
-        wrapper_options=storage.wrapper_options,
-    )
+    return open_configured_storage(pm, config)
 
 
 def _run(
