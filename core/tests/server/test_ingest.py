@@ -6,10 +6,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
 from topgun.crdt import HLC, LWWRecord, Timestamp
+from topgun.server import ingest as ingest_module
 from topgun.server.ingest import (
     FLUSH_CHUNK,
     HEADER_NAMESPACE,
@@ -44,10 +46,14 @@ class Node:
         self.ingest = IngestLog(self.maps, self.hlc)
         self.backend = MemoryBackend(store=store)
 
-    async def start(self) -> int:
+    async def start(self, *, sequence: bool = True) -> int:
+        """Load; then sequence map `m` (a no-op once it is), as its first poll would."""
         await self.backend.initialize()
         await self.maps.load(self.backend)
-        return await self.ingest.load(self.backend)
+        fresh = await self.ingest.load(self.backend)
+        if sequence:
+            await self.ingest.sequence("m")
+        return fresh
 
     async def write(self, key: str, value: object, stamp: Timestamp) -> Recording:
         """Apply and persist one LWW write as the write pipeline does (entries unflushed)."""
@@ -145,12 +151,20 @@ async def test_changes_not_flushed_before_a_crash_get_fresh_sequences() -> None:
 
 
 async def test_the_reservation_is_written_with_the_change_that_needs_it() -> None:
+    """Sequencing the map committed a block; the change that crosses half of it carries
+    the next reservation in its own batch, the ones before and after it none."""
     node = Node(MemoryStore())
     await node.start()
-    recording = await node.write("a", 1, ts(1))
+    log = node.ingest.log("m")
+    assert log.reserved == RESERVE
+    before = await node.write("a", 1, ts(1))
+    assert not [c for c in before.changes if isinstance(c, PutMeta)]
+    log.seq = RESERVE // 2  # as if half the block had been handed out
+    recording = await node.write("b", 1, ts(2))
     headers = [c for c in recording.changes if isinstance(c, PutMeta)]
     assert [h.namespace for h in headers] == [HEADER_NAMESPACE]
-    later = await node.write("b", 1, ts(2))
+    assert msgspec.msgpack.decode(headers[0].value)[0] == log.reserved == log.seq + RESERVE
+    later = await node.write("c", 1, ts(3))
     assert not [c for c in later.changes if isinstance(c, PutMeta)]
 
 
@@ -198,14 +212,64 @@ async def test_limit_pages_and_the_log_stays_compact() -> None:
     assert page.seq == page.records[-1].seq
 
 
-async def test_maps_stored_before_ingest_sequences_existed_are_sequenced_on_load() -> None:
+async def test_a_map_is_sequenced_on_its_first_delta_with_every_record() -> None:
+    """Maps only WebSocket clients use are not sequenced; the first delta asked of one
+    sequences all its records, commits the reservation, and from then on (restarts
+    included) every change is sequenced above it."""
     store = MemoryStore()
     backend = MemoryBackend(store=store)
     await backend.initialize()
-    await backend.store_batch([PutRecord("m", f"k{i}", LWWRecord(i, ts(i))) for i in range(3)])
+    await backend.store_batch([PutRecord("m", f"k{i}", LWWRecord(i, ts(10 - i))) for i in range(3)])
     node = Node(store)
-    assert await node.start() == 3
-    assert node.keys_after(0) == ["k0", "k1", "k2"]
+    assert await node.start(sequence=False) == 0
+    await node.write("k3", 3, ts(20))  # not sequenced: nobody polls the map yet
+    assert "m" not in node.ingest.logs
+    assert await node.backend.load_meta(HEADER_NAMESPACE) == {}
+
+    delta = await node.ingest.loaded_delta("m")
+    assert sorted(c.key for c in delta.records) == ["k0", "k1", "k2", "k3"]
+    assert [c.seq for c in delta.records] == [1, 2, 3, 4]
+    header = msgspec.msgpack.decode((await node.backend.load_meta(HEADER_NAMESPACE))["m"])
+    assert header[0] == 4 + RESERVE  # committed before the delta was served
+
+    await node.write("k0", "again", ts(30))
+    assert node.keys_after(4) == ["k0"]
+    await node.flush()
+    restarted = Node(store)
+    assert await restarted.start(sequence=False) == 0
+    assert restarted.keys_after(4) == ["k0"]  # sequenced across the restart
+    await restarted.write("k1", "later", ts(40))
+    assert restarted.keys_after(5)[-1] == "k1"
+    assert restarted.ingest.log("m").seq > 4 + RESERVE  # above every reserved sequence
+
+
+async def test_a_map_is_sequenced_a_chunk_at_a_time_missing_no_change_made_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sequencing yields between chunks; changes made meanwhile, to keys already sequenced,
+    not yet reached, or new, are each in the first delta exactly once, with their newest
+    record, and nobody gets the log before the map is fully sequenced."""
+    monkeypatch.setattr(ingest_module, "FILL_CHUNK", 10)
+    node = Node(MemoryStore())
+    await node.start(sequence=False)
+    for i in range(100):
+        await node.write(f"k{i}", i, ts(i + 1))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(node.ingest.sequence, "m")
+        with anyio.fail_after(5):
+            while "m" not in node.ingest.logs or not node.ingest.logs["m"].latest:
+                await anyio.lowlevel.checkpoint()
+        assert len(node.ingest.logs["m"].latest) < 100  # part way
+        await node.write("k1", "changed", ts(500))
+        await node.write("k95", "changed", ts(501))
+        await node.write("new", "changed", ts(502))
+        log = await node.ingest.sequence("m")  # waits for the first call to finish
+        assert "m" not in node.ingest._unready
+    records = node.ingest.delta("m").records
+    assert sorted(c.key for c in records) == sorted([f"k{i}" for i in range(100)] + ["new"])
+    changed = {c.key: c.record.value for c in records if c.record.value == "changed"}
+    assert set(changed) == {"k1", "k95", "new"}
+    assert log.seq == 101 + 1  # every key once, plus k1 again
 
 
 async def test_after_a_restart_ingest_stamps_follow_the_stored_ones() -> None:
@@ -319,14 +383,33 @@ async def test_entries_of_the_one_row_per_key_layout_are_kept_and_moved_into_chu
     assert await stored_entries(second.backend, "m") == stored
 
 
-def test_the_log_answers_every_resume_point_as_a_plain_list_would() -> None:
+@pytest.mark.parametrize("filled", [0, 2500], ids=["empty", "filled"])
+def test_the_log_answers_every_resume_point_as_a_plain_list_would(filled: int) -> None:
     """Blocks come and go and are rewritten as keys change; every resume point (by sequence
     or by ingest stamp) still gives exactly the keys whose latest change is after it, and
-    the log stays within about twice its keys."""
+    the log stays within about twice its keys. A log that starts from `fill` (a map being
+    sequenced) behaves as if each key had been added."""
     rng = random.Random(7)
     log = MapLog()
     model: dict[str, tuple[int, Timestamp]] = {}
-    for seq in range(1, 20_001):
+    # `fill` (a map being sequenced, in chunks, while other changes are added)
+    seq = 0
+    halves = [[f"k{i}" for i in range(filled // 2)], [f"k{i}" for i in range(filled // 2, filled)]]
+    for part in halves if filled else []:
+        stamps = [Timestamp(NOW, seq + n, "s") for n in range(1, len(part) + 1)]
+        log.fill(part, stamps)
+        model.update(
+            {
+                key: (seq + n, stamp)
+                for n, (key, stamp) in enumerate(zip(part, stamps, strict=True), 1)
+            }
+        )
+        seq = log.seq = seq + len(part) + 1  # as `observe` numbers a change
+        log.add("between", seq, Timestamp(NOW, seq, "s"))
+        model["between"] = (seq, Timestamp(NOW, seq, "s"))
+    assert log.seq == seq
+    first = seq + 1
+    for seq in range(first, first + 20_000):
         key = f"k{rng.randrange(300 if seq < 10_000 else 3000)}"
         if rng.random() < 0.02 and model:
             gone = rng.choice(sorted(model))

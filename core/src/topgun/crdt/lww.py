@@ -234,6 +234,10 @@ class LWWMap:
         """Every live key."""
         return [key for key, _ in self.items()]
 
+    def record_keys(self) -> list[str]:
+        """Every key with a stored record, tombstones and expired records included."""
+        return list(self._records)
+
     def records(self) -> list[tuple[str, LWWRecord]]:
         """`(key, record)` of every stored record, tombstones and expired records included
         (cold ones hold `COLD` as their value)."""

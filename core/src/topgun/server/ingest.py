@@ -1,10 +1,15 @@
 """Ingest sequences (PROTOCOL.md §9.2): the delta cursor of `POST /sync` and `GET /events`.
 
-Every change applied to an LWW map, by any write path, takes the map's next integer and the
-server's `hlc.now()` (its *ingest* HLC) as the key's latest change. A poller resumes from a
-sequence (or from an ingest HLC, as TS clients do), so a write uploaded late by a client that
-was offline for a day, carrying day-old record timestamps, still reaches every poller: its
-sequence is new even though its timestamp is old.
+Every change applied to a *sequenced* LWW map, by any write path, takes the map's next
+integer and the server's `hlc.now()` (its *ingest* HLC) as the key's latest change. A poller
+resumes from a sequence (or from an ingest HLC, as TS clients do), so a write uploaded late by
+a client that was offline for a day, carrying day-old record timestamps, still reaches every
+poller: its sequence is new even though its timestamp is old.
+
+A map is sequenced from the first delta or stream asked of it (`sequence`), and from then on,
+restarts included: at that moment each of its records takes a sequence, and the reservation
+is committed before any of them is handed out. No cursor of a map can exist before that, so
+the maps only WebSocket clients use pay nothing for sequencing.
 
 The log is compacted (one entry per key) and kept in memory in ascending sequence order, so a
 delta is a binary search plus the keys it returns.
@@ -56,6 +61,9 @@ RESERVE: Final = 100_000
 
 FLUSH_CHUNK: Final = 1000
 """Keys whose entries one flush transaction persists."""
+
+FILL_CHUNK: Final = 10_000
+"""Records a map being sequenced takes sequences for between two checkpoints."""
 
 DEFAULT_LIMIT: Final = 10_000
 """A delta's default and maximum number of records (PROTOCOL.md §9.2)."""
@@ -252,6 +260,30 @@ class MapLog:
             if 2 * block.live < len(block.entries):
                 self._tidy(block)
 
+    def fill(self, keys: Sequence[str], stamps: Sequence[Timestamp]) -> None:
+        """`add` each of `keys` (distinct, none of them in the log yet) with the next
+        sequences and `stamps` as their ingest HLCs, a whole block at a time."""
+        blocks = self._blocks
+        latest = self.latest
+        seq = self.seq
+        for start in range(0, len(keys), LOG_BLOCK):
+            block = _Block()
+            block.entries = [
+                (seq + i, stamp, key, block)
+                for i, key, stamp in zip(
+                    range(start + 1, start + LOG_BLOCK + 1),
+                    keys[start : start + LOG_BLOCK],
+                    stamps[start : start + LOG_BLOCK],
+                    strict=False,
+                )
+            ]
+            block.live = len(block.entries)
+            latest.update(zip(keys[start : start + LOG_BLOCK], block.entries, strict=True))
+            blocks.append(block)
+            if len(blocks) > 1:
+                self._tidy(blocks[-2])  # it stopped being the tail
+        self.seq = seq + len(keys)
+
     def forget(self, key: str) -> tuple[int, Timestamp] | None:
         """Drop `key`'s entry (its tombstone was pruned); returns (sequence, ingest HLC)."""
         entry = self.latest.pop(key, None)
@@ -314,23 +346,78 @@ class IngestLog:
         self._dirty: dict[str, set[str]] = {}
         self._chunks: dict[str, _Chunks] = {}
         self._flushing = anyio.Lock()
+        self._sequencing = anyio.Lock()
+        self._unready: set[str] = set()
+        """Maps being sequenced, or whose reserved bound is not committed yet."""
         self._backend: StorageBackend | None = None
 
     def log(self, map_name: str) -> MapLog:
-        """`map_name`'s log (empty for a map with no change yet)."""
+        """`map_name`'s log; raises `KeyError` unless the map is sequenced (`sequence`)."""
+        return self.logs[map_name]
+
+    async def sequence(self, map_name: str) -> MapLog:
+        """`map_name`'s log, sequencing the map first if it is not yet: each of its records
+        (tombstones included) takes a sequence and a fresh ingest HLC, a chunk at a time
+        (the server goes on between chunks, its changes to the map sequenced as they come),
+        and the reserved bound is committed before this returns, so no sequence it hands
+        out can be handed out again after a crash. The entries are persisted by the next
+        flushes."""
         log = self.logs.get(map_name)
-        if log is None:
-            log = self.logs[map_name] = MapLog()
+        if log is not None and map_name not in self._unready:
+            return log
+        async with self._sequencing:
+            await self.maps.ensure_loaded(map_name)
+            with anyio.CancelScope(shield=True):  # never leave a map half sequenced
+                log = self.logs.get(map_name)
+                if log is None:
+                    log = self.logs[map_name] = MapLog()  # `observe` sequences from now on
+                    self._unready.add(map_name)
+                    count = await self._fill(map_name, log)
+                    logger.info("map %r sequenced for HTTP sync (%d records)", map_name, count)
+                if map_name in self._unready:
+                    log.reserved = log.seq + RESERVE
+                    header = _encode(self._header(log))
+                    await self._write([PutMeta(HEADER_NAMESPACE, map_name, header)])
+                    self._unready.discard(map_name)
         return log
+
+    async def _fill(self, map_name: str, log: MapLog) -> int:
+        """Sequence the records map `map_name` holds, `FILL_CHUNK` keys at a time (keys
+        changed meanwhile were sequenced by `observe`); returns how many."""
+        lww = self.maps.lww(map_name)
+        keys = lww.record_keys() if lww is not None else []
+        for start in range(0, len(keys), FILL_CHUNK):
+            if start:
+                await anyio.lowlevel.checkpoint()
+            latest = log.latest
+            chunk = [key for key in keys[start : start + FILL_CHUNK] if key not in latest]
+            log.fill(chunk, self.hlc.now_many(len(chunk)))
+            self._dirty.setdefault(map_name, set()).update(chunk)
+        return len(keys)
+
+    async def _write(self, changes: list[Change]) -> None:
+        """Commit `changes` through the storage writer (straight to the backend before
+        the server has one: tests of the log alone)."""
+        writer = self.maps.writer
+        if writer is not None:
+            await writer.write(changes)
+        elif self._backend is not None:
+            await self._backend.store_batch(changes)
+        else:
+            raise RuntimeError("storage is not open")
 
     # -- recording --------------------------------------------------------------------------
 
     def observe(self, applied: Sequence[Applied], recording: Recording) -> None:
-        """The change observer: sequence each LWW change of `applied` (one clock reading
-        for them all)."""
+        """The change observer: sequence each LWW change of `applied` to a sequenced map
+        (one clock reading for them all)."""
+        logs = self.logs
+        if not logs:
+            return
         items = [
             (one.map_name, one.key, payload.record)
             for one in applied
+            if one.map_name in logs
             for payload in one.events
             if payload.record is not None
         ]
@@ -345,7 +432,7 @@ class IngestLog:
         for (name, key, record), ingest in zip(items, stamps, strict=True):
             if name != current:
                 current = name
-                log = self.log(name)
+                log = logs[name]
                 dirty = self._dirty.setdefault(name, set())
                 listeners = self.listeners.get(name)
             seq = log.seq = log.seq + 1
@@ -444,9 +531,10 @@ class IngestLog:
         since_stamp: Timestamp | None = None,
         limit: int | None = None,
     ) -> Delta:
-        """`delta`, with an archived map restored first and the values of cold records
-        loaded (under a memory budget)."""
+        """`delta`, with an archived map restored and the map sequenced first, and the
+        values of cold records loaded (under a memory budget)."""
         await self.maps.ensure_loaded(map_name)
+        await self.sequence(map_name)
         delta = self.delta(map_name, since_seq=since_seq, since_stamp=since_stamp, limit=limit)
         cold = [change.key for change in delta.records if change.record.value is COLD]
         if not cold:
@@ -466,8 +554,9 @@ class IngestLog:
     # -- storage ----------------------------------------------------------------------------
 
     async def load(self, backend: StorageBackend) -> int:
-        """Restore every LWW map's log; keys changed since the last flush get fresh
-        sequences. Returns how many keys were re-sequenced."""
+        """Restore the log of every sequenced map (those with a stored header); keys
+        changed since the last flush get fresh sequences. Returns how many keys were
+        re-sequenced."""
         self._backend = backend
         headers = {
             name: _header_decoder.decode(raw)
@@ -475,37 +564,40 @@ class IngestLog:
         }
         repairs: list[Change] = []
         fresh_total = 0
-        for name in self.maps.names():
-            fresh_total += await self._load_log(backend, name, headers.get(name), repairs)
+        for name, header in headers.items():
+            fresh_total += await self._load_log(backend, name, header, repairs)
         if repairs:
             await backend.store_batch(repairs)
         return fresh_total
 
     async def load_map(self, name: str) -> None:
-        """Restore the log of map `name`, back from the archive (`MapRegistry.on_restore`)."""
+        """Restore the log of map `name`, back from the archive (`MapRegistry.on_restore`),
+        if it is sequenced."""
         backend = self._backend
         if backend is None:
             return
         raw = (await backend.load_meta(HEADER_NAMESPACE)).get(name)
+        if raw is None:
+            return
         repairs: list[Change] = []
-        header = None if raw is None else _header_decoder.decode(raw)
-        await self._load_log(backend, name, header, repairs)
+        await self._load_log(backend, name, _header_decoder.decode(raw), repairs)
         if repairs:
             await backend.store_batch(repairs)
 
     async def _load_log(
-        self, backend: StorageBackend, name: str, header: _Header | None, repairs: list[Change]
+        self, backend: StorageBackend, name: str, header: _Header, repairs: list[Change]
     ) -> int:
-        lww = self.maps.lww(name)
-        if lww is None:
-            return 0
-        header = header or _Header(0)
         log = self.logs[name] = MapLog(
             seq=header.reserved,
             reserved=header.reserved,
             floor=header.floor,
             floor_stamp=header.floor_stamp,
         )
+        lww = self.maps.lww(name)
+        if lww is None:
+            # Not loaded (archived, restored later through `load_map`) or no record yet:
+            # its next change crosses the reserved bound and writes a new one.
+            return 0
         on_disk = await _read_stored(backend, name)
         stored = on_disk.latest
         chunks = self._chunks[name] = _Chunks()

@@ -99,6 +99,7 @@ class EventStream:
         """The stream's bytes, until the server stops, the buffer overflows or the client
         leaves (the ASGI server then cancels this generator)."""
         ingest = self.server.ingest
+        await ingest.sequence(self.map_name)
         stop_listening = ingest.listen(self.map_name, self._heard)
         try:
             yield b": connected\n\n"
