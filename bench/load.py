@@ -1,7 +1,7 @@
 """Server load: acknowledged ops/s over real WebSockets, ack latency, and the ASGI ceiling.
 
     python3 dev.py run python bench/load.py [--connections C] [--batch B] [--duration D]
-        [--rate R] [--servers hypercorn,uvicorn] [--storage sqlite|memory]
+        [--rate R] [--servers hypercorn,uvicorn] [--storage sqlite|memory] [--polled]
 
 For each ASGI server, `topgun serve` runs in its own process (127.0.0.1, a free port) and
 this process is the load generator:
@@ -17,6 +17,10 @@ this process is the load generator:
    wait for their echo for D seconds: the raw WebSocket round-trip rate, in ops/s of the same
    batches, and topgun's share of it.
 
+With `--polled`, each server is measured a second time (row `NAME+poll`, no echo phase) with
+the map first read by one `POST /sync`: from then on its changes are sequenced for HTTP
+pollers, which is what HTTP sync costs the WebSocket write path.
+
 Targets (2-core machine, 50 connections, batches of 10): >= 30,000 acked ops/s; p99 < 20
 ms at 1,000 ops/s. The load generator shares the machine with the server, so the figures
 are a floor. Linux only (/proc).
@@ -25,6 +29,7 @@ are a floor. Linux only (/proc).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import signal
@@ -34,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +51,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
 SECRET = "bench-load-secret-" + "0123456789abcdef" * 2
+MAP = "load"
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -168,7 +175,7 @@ class Writer:
             ops.append(
                 {
                     "id": str(n),
-                    "mapName": "load",
+                    "mapName": MAP,
                     "key": f"{self.node}-{n % 1000}",
                     "opType": "PUT",
                     "record": {
@@ -275,9 +282,32 @@ class Figures:
     failed: int
 
 
-async def measure(asgi_server: str, args: argparse.Namespace, data_dir: Path) -> Figures:
-    topgun = start_topgun(asgi_server, args.storage, data_dir / asgi_server)
+def poll(port: int) -> None:
+    """One `POST /sync` delta of the written map: from then on the server sequences its
+    changes for HTTP pollers (docs/transports.md)."""
+    token = jwt.encode({"sub": "load", "roles": ["ADMIN"]}, SECRET, algorithm="HS256")
+    body = {
+        "clientId": "load-poller",
+        "clientHlc": {"millis": int(time.time() * 1000), "counter": 0, "nodeId": "load-poller"},
+        "syncMaps": [{"mapName": MAP}],
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/sync",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200, response.status
+
+
+async def measure(
+    asgi_server: str, args: argparse.Namespace, data_dir: Path, *, polled: bool = False
+) -> Figures:
+    name = f"{asgi_server}+poll" if polled else asgi_server
+    topgun = start_topgun(asgi_server, args.storage, data_dir / name)
     try:
+        if polled:
+            await anyio.to_thread.run_sync(poll, topgun.port)
         connections = await open_connections(topgun.port, args.connections, authenticate=True)
         await closed_loop(connections, args.batch, 1.0, check_ack)  # warm-up
         cpu_before = topgun.cpu_seconds()
@@ -290,6 +320,26 @@ async def measure(asgi_server: str, args: argparse.Namespace, data_dir: Path) ->
     finally:
         topgun.stop()
 
+    echoed_ops = 0.0
+    if not polled:
+        echoed_ops = await measure_echo(asgi_server, args)
+    return Figures(
+        server=name,
+        ops_per_s=tally.ops / elapsed,
+        p50_ms=percentile(tally.latencies, 0.5) * 1000,
+        p99_ms=percentile(tally.latencies, 0.99) * 1000,
+        cpu_percent=cpu,
+        rss_mib=rss,
+        echo_ops_per_s=echoed_ops,
+        rate=args.rate,
+        rate_p50_ms=percentile(paced.latencies, 0.5) * 1000,
+        rate_p99_ms=percentile(paced.latencies, 0.99) * 1000,
+        failed=tally.failed + paced.failed,
+    )
+
+
+async def measure_echo(asgi_server: str, args: argparse.Namespace) -> float:
+    """Echoed ops/s of the same ASGI server and connections (the stack's ceiling)."""
     echo = start_echo(asgi_server)
     try:
         connections = await open_connections(echo.port, args.connections, authenticate=False)
@@ -303,20 +353,7 @@ async def measure(asgi_server: str, args: argparse.Namespace, data_dir: Path) ->
             await ws.close()
     finally:
         echo.stop()
-
-    return Figures(
-        server=asgi_server,
-        ops_per_s=tally.ops / elapsed,
-        p50_ms=percentile(tally.latencies, 0.5) * 1000,
-        p99_ms=percentile(tally.latencies, 0.99) * 1000,
-        cpu_percent=cpu,
-        rss_mib=rss,
-        echo_ops_per_s=echoed.ops / echo_elapsed,
-        rate=args.rate,
-        rate_p50_ms=percentile(paced.latencies, 0.5) * 1000,
-        rate_p99_ms=percentile(paced.latencies, 0.99) * 1000,
-        failed=tally.failed + paced.failed,
-    )
+    return echoed.ops / echo_elapsed
 
 
 def report(results: list[Figures], args: argparse.Namespace) -> None:
@@ -326,14 +363,16 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
         f"{os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print(
-        f"{'server':<10} {'acked ops/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} "
+        f"{'server':<15} {'acked ops/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} "
         f"{'RSS MiB':>8} {'echo ops/s':>11} {'share':>6} {f'@{args.rate}/s p50':>13} {'p99':>6}"
     )
     for f in results:
+        echo = "" if not f.echo_ops_per_s else f"{f.echo_ops_per_s:,.0f}"
+        share = "" if not f.echo_ops_per_s else f"{f.ops_per_s / f.echo_ops_per_s:.0%}"
         print(
-            f"{f.server:<10} {f.ops_per_s:>12,.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f} "
-            f"{f.cpu_percent:>6.0f} {f.rss_mib:>8.0f} {f.echo_ops_per_s:>11,.0f} "
-            f"{f.ops_per_s / f.echo_ops_per_s:>6.0%} {f.rate_p50_ms:>13.2f} {f.rate_p99_ms:>6.2f}"
+            f"{f.server:<15} {f.ops_per_s:>12,.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f} "
+            f"{f.cpu_percent:>6.0f} {f.rss_mib:>8.0f} {echo:>11} "
+            f"{share:>6} {f.rate_p50_ms:>13.2f} {f.rate_p99_ms:>6.2f}"
         )
         if f.failed:
             print(f"  {f.server}: {f.failed} ops were not acknowledged as successful")
@@ -348,6 +387,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="ops/s of the fixed-rate phase")
     parser.add_argument("--servers", default="hypercorn,uvicorn")
     parser.add_argument("--storage", default="sqlite", choices=["sqlite", "memory"])
+    parser.add_argument(
+        "--polled",
+        action="store_true",
+        help="also run each server with the map read over HTTP sync first (rows NAME+poll)",
+    )
     parser.add_argument("--echo-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
@@ -356,7 +400,12 @@ def main() -> None:
 
     async def run_all() -> list[Figures]:
         with tempfile.TemporaryDirectory(prefix="topgun-load-") as folder:
-            return [await measure(name, args, Path(folder)) for name in args.servers.split(",")]
+            results = []
+            for name in args.servers.split(","):
+                results.append(await measure(name, args, Path(folder)))
+                if args.polled:
+                    results.append(await measure(name, args, Path(folder), polled=True))
+            return results
 
     report(anyio.run(run_all), args)
 

@@ -379,7 +379,7 @@ class IngestLog:
                     header = _encode(self._header(log))
                     await self._write([PutMeta(HEADER_NAMESPACE, map_name, header)])
                     self._unready.discard(map_name)
-        return log
+        return self.logs[map_name]
 
     async def _fill(self, map_name: str, log: MapLog) -> int:
         """Sequence the records map `map_name` holds, `FILL_CHUNK` keys at a time (keys
