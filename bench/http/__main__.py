@@ -1,6 +1,7 @@
 """HTTP transports: how long a change takes to reach an SSE client and an HTTP poller.
 
     python3 dev.py run python bench/http [--writes N] [--rate R] [--poll-interval S]
+        [--sequence-records M]
 
 A WebSocket client writes N keys at R writes/s; an SSE client (`HttpConnector(events="sse")`)
 and an HTTP poller (`events="poll"`, one `POST /sync` every S seconds) follow the map. For
@@ -8,12 +9,18 @@ each write, the time from `map.set()` on the writer to the change being visible 
 follower's map (`on_change`) is recorded; p50/p99 are printed side by side, with a second
 WebSocket client as the reference. The server runs in this process (memory storage) on
 Hypercorn, like `topgun serve`; every client shares the machine with it.
+
+Then the one-off cost of HTTP sync on a map no poller has read yet: the server sequences its M
+records (default 1,000,000) on the first delta asked of it. Printed: how long that takes, and
+the longest the event loop went without running another task meanwhile (it sequences a
+chunk of records at a time). In-process, memory storage, `topgun serve`'s GC settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import platform
 import time
@@ -22,6 +29,10 @@ import anyio
 
 from topgun.client import Backoff, TopGunClient
 from topgun.client.http import HttpConnector
+from topgun.crdt import HLC, LWWRecord, Timestamp
+from topgun.server.ingest import IngestLog
+from topgun.server.maps import MapRegistry
+from topgun.storage import MemoryBackend, PutRecord
 from topgun.testing import local_server
 
 FAST = Backoff(initial=0.05, max_delay=1.0)
@@ -84,10 +95,60 @@ async def main(writes: int, rate: float, poll_interval: float) -> None:
             print(f"{name:<22}{0:>10}{'-':>10}{'-':>10}")
 
 
+async def sequencing(records: int) -> None:
+    """Time the first `IngestLog.sequence` of a map of `records` records, and the longest
+    gap between two runs of a task that only yields meanwhile."""
+    backend = MemoryBackend()
+    await backend.initialize()
+    now = int(time.time() * 1000)
+    for start in range(0, records, 100_000):
+        await backend.store_batch(
+            [
+                PutRecord(
+                    "m", f"key-{i}", LWWRecord({"n": i}, Timestamp(now - records + i, 0, "w"))
+                )
+                for i in range(start, min(records, start + 100_000))
+            ]
+        )
+    hlc = HLC("bench", lambda: int(time.time() * 1000))
+    maps = MapRegistry(hlc)
+    await maps.load(backend)
+    ingest = IngestLog(maps, hlc)
+    await ingest.load(backend)
+    gc.set_threshold(20_000, 50, 100)  # as `topgun serve` runs
+    gc.freeze()
+    longest = 0.0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while not done:
+            await anyio.lowlevel.checkpoint()
+            now = time.perf_counter()
+            longest = max(longest, now - last)
+            last = now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.lowlevel.checkpoint()
+        started = time.perf_counter()
+        log = await ingest.sequence("m")
+        took = time.perf_counter() - started
+        done = True
+    assert log.seq == records
+    print(
+        f"first delta of a map of {records:,} records not yet sequenced: sequencing took "
+        f"{took:.2f} s; the event loop waited at most {longest * 1000:.0f} ms meanwhile"
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writes", type=int, default=300)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--sequence-records", type=int, default=1_000_000)
     args = parser.parse_args()
     anyio.run(main, args.writes, args.rate, args.poll_interval)
+    anyio.run(sequencing, args.sequence_records)
