@@ -1,7 +1,8 @@
 """Server load: acknowledged ops/s over real WebSockets, ack latency, and the ASGI ceiling.
 
     python3 dev.py run python bench/load.py [--connections C] [--batch B] [--duration D]
-        [--rate R] [--servers hypercorn,uvicorn] [--storage sqlite|memory] [--polled]
+        [--rate R] [--servers hypercorn,uvicorn] [--storage sqlite|memory]
+        [--variants poll,no-journal]
 
 For each ASGI server, `topgun serve` runs in its own process (127.0.0.1, a free port) and
 this process is the load generator:
@@ -17,9 +18,10 @@ this process is the load generator:
    wait for their echo for D seconds: the raw WebSocket round-trip rate, in ops/s of the same
    batches, and topgun's share of it.
 
-With `--polled`, each server is measured a second time (row `NAME+poll`, no echo phase) with
-the map first read by one `POST /sync`: from then on its changes are sequenced for HTTP
-pollers, which is what HTTP sync costs the WebSocket write path.
+With `--variants`, each server is measured again per variant (row `NAME+VARIANT`, no echo
+phase): `poll`, the map first read by one `POST /sync`, so its changes are sequenced for HTTP
+pollers from then on (what HTTP sync costs the WebSocket write path); `no-journal`, the
+event journal off (`[journal] enabled = false`).
 
 Targets (2-core machine, 50 connections, batches of 10): >= 30,000 acked ops/s; p99 < 20
 ms at 1,000 ops/s. The load generator shares the machine with the server, so the figures
@@ -97,10 +99,18 @@ class ServerProcess:
             self.process.communicate()
 
 
-def start_topgun(asgi_server: str, storage: str, data_dir: Path) -> ServerProcess:
+VARIANTS = ("poll", "no-journal")
+
+
+def start_topgun(
+    asgi_server: str, storage: str, data_dir: Path, variant: str | None
+) -> ServerProcess:
     args = [sys.executable, "-m", "topgun", "serve", "--port", "0", "--server", asgi_server]
     args += ["--storage", storage, "--data-dir", str(data_dir)]
-    return ServerProcess(args, {"TOPGUN_AUTH_JWT_SECRET": SECRET}, "topgun ")
+    env = {"TOPGUN_AUTH_JWT_SECRET": SECRET}
+    if variant == "no-journal":
+        env["TOPGUN_JOURNAL_ENABLED"] = "false"
+    return ServerProcess(args, env, "topgun ")
 
 
 def start_echo(asgi_server: str) -> ServerProcess:
@@ -301,12 +311,12 @@ def poll(port: int) -> None:
 
 
 async def measure(
-    asgi_server: str, args: argparse.Namespace, data_dir: Path, *, polled: bool = False
+    asgi_server: str, args: argparse.Namespace, data_dir: Path, variant: str | None = None
 ) -> Figures:
-    name = f"{asgi_server}+poll" if polled else asgi_server
-    topgun = start_topgun(asgi_server, args.storage, data_dir / name)
+    name = f"{asgi_server}+{variant}" if variant else asgi_server
+    topgun = start_topgun(asgi_server, args.storage, data_dir / name, variant)
     try:
-        if polled:
+        if variant == "poll":
             await anyio.to_thread.run_sync(poll, topgun.port)
         connections = await open_connections(topgun.port, args.connections, authenticate=True)
         await closed_loop(connections, args.batch, 1.0, check_ack)  # warm-up
@@ -321,7 +331,7 @@ async def measure(
         topgun.stop()
 
     echoed_ops = 0.0
-    if not polled:
+    if not variant:
         echoed_ops = await measure_echo(asgi_server, args)
     return Figures(
         server=name,
@@ -363,14 +373,14 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
         f"{os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print(
-        f"{'server':<15} {'acked ops/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} "
+        f"{'server':<20} {'acked ops/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} "
         f"{'RSS MiB':>8} {'echo ops/s':>11} {'share':>6} {f'@{args.rate}/s p50':>13} {'p99':>6}"
     )
     for f in results:
         echo = "" if not f.echo_ops_per_s else f"{f.echo_ops_per_s:,.0f}"
         share = "" if not f.echo_ops_per_s else f"{f.ops_per_s / f.echo_ops_per_s:.0%}"
         print(
-            f"{f.server:<15} {f.ops_per_s:>12,.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f} "
+            f"{f.server:<20} {f.ops_per_s:>12,.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f} "
             f"{f.cpu_percent:>6.0f} {f.rss_mib:>8.0f} {echo:>11} "
             f"{share:>6} {f.rate_p50_ms:>13.2f} {f.rate_p99_ms:>6.2f}"
         )
@@ -388,12 +398,18 @@ def main() -> None:
     parser.add_argument("--servers", default="hypercorn,uvicorn")
     parser.add_argument("--storage", default="sqlite", choices=["sqlite", "memory"])
     parser.add_argument(
-        "--polled",
-        action="store_true",
-        help="also run each server with the map read over HTTP sync first (rows NAME+poll)",
+        "--variants",
+        default="",
+        help="extra rows per server, comma-separated: poll (map read over HTTP sync first), "
+        "no-journal (journal off)",
     )
     parser.add_argument("--echo-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = set(filter(None, args.variants.split(","))) - set(VARIANTS)
+    if unknown:
+        parser.error(
+            f"unknown variant(s) {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}"
+        )
     if args.echo_server:
         serve_echo(args.echo_server)
         return
@@ -403,8 +419,8 @@ def main() -> None:
             results = []
             for name in args.servers.split(","):
                 results.append(await measure(name, args, Path(folder)))
-                if args.polled:
-                    results.append(await measure(name, args, Path(folder), polled=True))
+                for variant in filter(None, args.variants.split(",")):
+                    results.append(await measure(name, args, Path(folder), variant))
             return results
 
     report(anyio.run(run_all), args)
