@@ -183,7 +183,12 @@ class Journal:
     def observe(self, applied: Sequence[Applied], recording: Recording) -> None:
         """The change observer: journal `applied` and persist it with `recording` (one
         group row), then stream it."""
-        events = [event for one in applied for event in self._events_of(one)]
+        events: list[JournalEvent] = []
+        for one in applied:
+            if len(one.events) == 1 and one.events[0].record is not None:
+                events.append(self._lww_event(one, one.events[0].record))  # the common case
+            else:
+                events += self._events_of(one)
         if not events:
             return
         self.events.extend(events)  # drops the oldest beyond `capacity`
@@ -223,14 +228,30 @@ class Journal:
 
     def _lww_event(self, applied: Applied, record: LWWRecord) -> JournalEvent:
         previous = applied.previous
-        live_before = previous is not None and previous.value is not None
-        if live_before and previous is not None and previous.ttl_ms is not None:
-            live_before = not previous.expired(self.hlc.wall_ms())
-        before = previous.value if live_before and previous is not None else UNSET
+        before: object = UNSET
+        if (
+            previous is not None
+            and previous.value is not None
+            and (previous.ttl_ms is None or not previous.expired(self.hlc.wall_ms()))
+        ):
+            before = previous.value
+        kind: JournalEventType
         if record.value is None:
-            return self._event("DELETE", applied, record.timestamp, previous=before)
-        kind: JournalEventType = "UPDATE" if live_before else "PUT"
-        return self._event(kind, applied, record.timestamp, value=record.value, previous=before)
+            kind, value = "DELETE", UNSET
+        else:
+            kind, value = ("PUT" if before is UNSET else "UPDATE"), record.value
+        sequence = self.next_sequence
+        self.next_sequence = sequence + 1
+        return JournalEvent(
+            sequence=str(sequence),
+            type=kind,
+            map_name=applied.map_name,
+            key=applied.key,
+            timestamp=record.timestamp,
+            node_id=self.node_id,
+            value=value,
+            previous_value=before,
+        )
 
     def _event(
         self,
