@@ -25,7 +25,14 @@ from topgun.server.ingest import (
 )
 from topgun.server.maps import MapRegistry, Recording
 from topgun.server.writes import Applied
-from topgun.storage import MemoryBackend, MemoryStore, PruneRecord, PutMeta, PutRecord
+from topgun.storage import (
+    MemoryBackend,
+    MemoryStore,
+    PruneRecord,
+    PutMeta,
+    PutRecord,
+    StorageError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -270,6 +277,47 @@ async def test_a_map_is_sequenced_a_chunk_at_a_time_missing_no_change_made_meanw
     changed = {c.key: c.record.value for c in records if c.record.value == "changed"}
     assert set(changed) == {"k1", "k95", "new"}
     assert log.seq == 101 + 1  # every key once, plus k1 again
+
+
+async def test_no_entry_is_stored_before_the_maps_reservation_is_committed() -> None:
+    """A map whose first reservation failed to commit is sequenced in memory (its changes
+    keep their order) but none of its entries is stored until a later call commits the
+    reservation: storage never holds entries of a map it does not know as sequenced."""
+    node = Node(MemoryStore())
+    await node.start(sequence=False)
+    await node.write("a", 1, ts(1))
+    real_write = node.ingest._write
+
+    async def refused(changes: Any) -> None:
+        raise StorageError("disk full")
+
+    node.ingest._write = refused  # type: ignore[method-assign]
+    with pytest.raises(StorageError):
+        await node.ingest.sequence("m")
+    await node.write("b", 1, ts(2))  # sequenced in memory meanwhile
+    assert await node.flush() == 0
+    assert await node.backend.load_meta(chunks_namespace("m")) == {}
+    assert await node.backend.load_meta(HEADER_NAMESPACE) == {}
+
+    gate = anyio.Event()
+
+    async def gated(changes: Any) -> None:
+        await gate.wait()
+        await real_write(changes)
+
+    node.ingest._write = gated  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(node.ingest.sequence, "m")  # the retry, its commit held back
+        await anyio.lowlevel.checkpoint()
+        await node.write("c", 1, ts(3))
+        assert await node.flush() == 0  # still not committed: nothing stored
+        assert await node.backend.load_meta(chunks_namespace("m")) == {}
+        gate.set()
+    log = await node.ingest.sequence("m")
+    assert sorted(node.keys_after(0)) == ["a", "b", "c"]
+    assert log.seq == 3
+    assert await node.flush() == 3
+    assert set(await stored_entries(node.backend, "m")) == {"a", "b", "c"}
 
 
 async def test_after_a_restart_ingest_stamps_follow_the_stored_ones() -> None:

@@ -348,7 +348,11 @@ class IngestLog:
         self._flushing = anyio.Lock()
         self._sequencing = anyio.Lock()
         self._unready: set[str] = set()
-        """Maps being sequenced, or whose reserved bound is not committed yet."""
+        """Maps being sequenced: `sequence` has not returned their log yet."""
+        self._unreserved: set[str] = set()
+        """Sequenced maps whose first reserved bound is not committed yet."""
+        self._to_fill: dict[str, list[str]] = {}
+        """Map -> the keys it held when it started being sequenced, until they are."""
         self._backend: StorageBackend | None = None
 
     def log(self, map_name: str) -> MapLog:
@@ -356,12 +360,15 @@ class IngestLog:
         return self.logs[map_name]
 
     async def sequence(self, map_name: str) -> MapLog:
-        """`map_name`'s log, sequencing the map first if it is not yet: each of its records
-        (tombstones included) takes a sequence and a fresh ingest HLC, a chunk at a time
-        (the server goes on between chunks, its changes to the map sequenced as they come),
-        and the reserved bound is committed before this returns, so no sequence it hands
-        out can be handed out again after a crash. The entries are persisted by the next
-        flushes."""
+        """`map_name`'s log, sequencing the map first if it is not yet.
+
+        The reserved bound, which covers every record the map holds, is committed first:
+        entries are stored only for maps whose bound is (`flush` waits for it), so storage
+        never holds entries of a map it does not know as sequenced, and no sequence handed
+        out can be handed out again after a crash. Then each record (tombstones included)
+        takes a sequence and a fresh ingest HLC, a chunk at a time: the server goes on
+        between chunks, its changes to the map sequenced as they come. A failed commit is
+        retried by the next call."""
         log = self.logs.get(map_name)
         if log is not None and map_name not in self._unready:
             return log
@@ -370,22 +377,27 @@ class IngestLog:
             with anyio.CancelScope(shield=True):  # never leave a map half sequenced
                 log = self.logs.get(map_name)
                 if log is None:
-                    log = self.logs[map_name] = MapLog()  # `observe` sequences from now on
+                    lww = self.maps.lww(map_name)
+                    held = lww.record_keys() if lww is not None else []
+                    self._to_fill[map_name] = held
+                    # `observe` sequences the map's changes from now on.
+                    log = self.logs[map_name] = MapLog(reserved=len(held) + RESERVE)
                     self._unready.add(map_name)
-                    count = await self._fill(map_name, log)
-                    logger.info("map %r sequenced for HTTP sync (%d records)", map_name, count)
-                if map_name in self._unready:
-                    log.reserved = log.seq + RESERVE
+                    self._unreserved.add(map_name)
+                if map_name in self._unreserved:
                     header = _encode(self._header(log))
                     await self._write([PutMeta(HEADER_NAMESPACE, map_name, header)])
-                    self._unready.discard(map_name)
+                    self._unreserved.discard(map_name)
+                if map_name in self._to_fill:
+                    keys = self._to_fill.pop(map_name)
+                    await self._fill(map_name, log, keys)
+                    logger.info("map %r sequenced for HTTP sync (%d records)", map_name, len(keys))
+                self._unready.discard(map_name)
         return self.logs[map_name]
 
-    async def _fill(self, map_name: str, log: MapLog) -> int:
-        """Sequence the records map `map_name` holds, `FILL_CHUNK` keys at a time (keys
-        changed meanwhile were sequenced by `observe`); returns how many."""
-        lww = self.maps.lww(map_name)
-        keys = lww.record_keys() if lww is not None else []
+    async def _fill(self, map_name: str, log: MapLog, keys: list[str]) -> None:
+        """Sequence `keys`, `FILL_CHUNK` at a time (keys changed meanwhile were sequenced by
+        `observe` already)."""
         for start in range(0, len(keys), FILL_CHUNK):
             if start:
                 await anyio.lowlevel.checkpoint()
@@ -393,7 +405,6 @@ class IngestLog:
             chunk = [key for key in keys[start : start + FILL_CHUNK] if key not in latest]
             log.fill(chunk, self.hlc.now_many(len(chunk)))
             self._dirty.setdefault(map_name, set()).update(chunk)
-        return len(keys)
 
     async def _write(self, changes: list[Change]) -> None:
         """Commit `changes` through the storage writer (straight to the backend before
@@ -693,8 +704,11 @@ class IngestLog:
         return changes, committed
 
     def _take(self, limit: int) -> tuple[str, list[str]] | None:
-        """Up to `limit` due keys of one map (they are no longer due), or None."""
+        """Up to `limit` due keys of one map whose reserved bound is committed (they are no
+        longer due), or None."""
         for name in list(self._dirty):
+            if name in self._unreserved:
+                continue
             keys = self._dirty[name]
             if len(keys) > limit:
                 return name, [keys.pop() for _ in range(limit)]
