@@ -6,6 +6,7 @@ The CLI tests run `python -m topgun serve` as a subprocess, as a user would; the
 
 from __future__ import annotations
 
+import functools
 import signal
 import socket
 from pathlib import Path
@@ -15,15 +16,18 @@ import anyio
 import msgspec
 import pytest
 
+from topgun.hooks import hookimpl, make_plugin_manager
 from topgun.protocol import Auth, AuthAck, AuthFail, AuthRequired, ShutdownPending
 from topgun.server import ServerConfig, StorageConfig, TLSConfig
 from topgun.server.serve import (
     ServeError,
     banner,
+    bound_address,
     check_tls,
     describe_storage,
     host,
     listen_socket,
+    run,
 )
 
 pytestmark = pytest.mark.anyio
@@ -111,6 +115,52 @@ async def test_tls_serves_wss_and_https(
         assert (status, body) == (200, b'{"status": "ok"}')
         client = await live.client()
         await client.aclose()
+
+
+@pytest.mark.parametrize("asgi_server", ["hypercorn", "uvicorn"])
+async def test_while_starting_health_answers_ready_is_503_and_clients_get_1013(
+    server_config: ServerConfig, wire: Any, asgi_server: str
+) -> None:
+    """`run` listens before the maps are loaded (here: a start held up by a plugin), so
+    probes get answers: alive, not ready; WebSocket clients are told to come back (1013)."""
+    gate = anyio.Event()
+    starting = anyio.Event()
+
+    class SlowStart:
+        @hookimpl
+        async def on_startup(self, server: Any) -> None:
+            starting.set()
+            await gate.wait()
+
+    pm = make_plugin_manager(entry_points=(), environ={})
+    pm.register(SlowStart())
+    listener = listen_socket("127.0.0.1", 0)
+    base = f"127.0.0.1:{bound_address(listener)[1]}"
+    ready = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            functools.partial(
+                run,
+                server_config,
+                pm,
+                listener,
+                asgi_server=asgi_server,
+                on_ready=lambda _: ready.set(),
+            )
+        )
+        with anyio.fail_after(wire.DEADLINE):
+            await starting.wait()
+        status, _, body = await wire.http_get(f"http://{base}/health")
+        assert (status, body) == (200, b'{"status": "ok"}')
+        assert (await wire.http_get(f"http://{base}/ready"))[0] == 503
+        client = await wire.connect_raw(f"ws://{base}/")
+        assert (await client.closed())[0] == 1013
+        assert not ready.is_set()
+        gate.set()
+        with anyio.fail_after(wire.DEADLINE):
+            await ready.wait()
+        assert (await wire.http_get(f"http://{base}/ready"))[0] == 200
+        tg.cancel_scope.cancel()
 
 
 # --- the command -------------------------------------------------------------------------

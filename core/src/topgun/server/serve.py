@@ -333,8 +333,10 @@ async def run(
 ) -> None:
     """Run a `Server` on `listener` until SIGINT or SIGTERM, then shut it down gracefully.
 
-    `on_ready` is called once the server is ready, just before connections are served. A
-    second signal during the shutdown stops waiting for it.
+    The listener serves from the start: while the maps load, `/health` answers 200, `/ready`
+    503, and WebSocket clients are closed with 1013 (PROTOCOL.md §1.4). `on_ready` is called
+    once the server is ready. A signal during the start shuts down once it is done; a second
+    signal during the shutdown stops waiting for it.
     """
     from topgun.server.app import create_app
     from topgun.server.server import Server
@@ -350,21 +352,32 @@ async def run(
                     stopping.set()
 
             outer.start_soon(watch_signals)
-            async with Server(config, pm=pm) as server:
-                app = create_app(server)
+            server = Server(config, pm=pm)
+            started = anyio.Event()
+            hosted = anyio.Event()
 
-                async def shutdown_trigger() -> None:
-                    await stopping.wait()
-                    await server.shutdown()
+            async def shutdown_trigger() -> None:
+                await stopping.wait()
+                await started.wait()
+                await server.shutdown()
 
+            async def serve() -> None:
+                try:
+                    await host(
+                        create_app(server),
+                        listener,
+                        config,
+                        shutdown_trigger=shutdown_trigger,
+                        asgi_server=asgi_server,
+                    )
+                finally:
+                    hosted.set()
+
+            outer.start_soon(serve)
+            async with server:
+                started.set()
                 on_ready(server)
-                await host(
-                    app,
-                    listener,
-                    config,
-                    shutdown_trigger=shutdown_trigger,
-                    asgi_server=asgi_server,
-                )
+                await hosted.wait()
             outer.cancel_scope.cancel()
 
 
