@@ -153,6 +153,9 @@ async def test_while_starting_health_answers_ready_is_503_and_clients_get_1013(
         status, _, body = await wire.http_get(f"http://{base}/health")
         assert (status, body) == (200, b'{"status": "ok"}')
         assert (await wire.http_get(f"http://{base}/ready"))[0] == 503
+        assert (await wire.http_get(f"http://{base}/metrics"))[0] == 200
+        status, _, body = await wire.http_get(f"http://{base}/events?map=m")
+        assert (status, body) == (503, b'{"error": "Server not ready"}')  # no map read yet
         client = await wire.connect_raw(f"ws://{base}/")
         assert (await client.closed())[0] == 1013
         assert not ready.is_set()

@@ -9,7 +9,7 @@ ASGI server can host it (`topgun serve` uses Hypercorn, or uvicorn).
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client.exposition import choose_encoder
 from quart import Quart, Response, request
@@ -47,5 +47,23 @@ def create_app(server: Server) -> Quart:
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         return Response(encode(server.metrics.registry), content_type=content_type)
 
+    @app.before_request
+    async def not_before_ready() -> Response | None:
+        """Until the server is first ready (its maps loading), only the operations
+        endpoints answer; every other HTTP route gets 503, so nothing reads or writes the
+        maps before they are loaded."""
+        if server.ready or server.stopping.is_set() or request.path in _OPERATIONS:
+            return None
+        return Response(
+            '{"error": "Server not ready"}',
+            status=503,
+            content_type="application/json",
+            headers={"Retry-After": "1"},
+        )
+
     call_hook_sync(server.pm.hook.register_routes, app=app, server=server)
     return app
+
+
+_OPERATIONS: Final = frozenset({"/health", "/ready", "/metrics"})
+"""The paths served while the server starts."""
