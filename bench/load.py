@@ -2,7 +2,7 @@
 
     python3 dev.py run python bench/load.py [--connections C] [--batch B] [--duration D]
         [--rate R] [--servers hypercorn,uvicorn] [--storage sqlite|memory]
-        [--variants poll,no-journal]
+        [--variants poll,no-journal] [--repeat N]
 
 For each ASGI server, `topgun serve` runs in its own process (127.0.0.1, a free port) and
 this process is the load generator:
@@ -22,6 +22,10 @@ With `--variants`, each server is measured again per variant (row `NAME+VARIANT`
 phase): `poll`, the map first read by one `POST /sync`, so its changes are sequenced for HTTP
 pollers from then on (what HTTP sync costs the WebSocket write path); `no-journal`, the
 event journal off (`[journal] enabled = false`).
+
+With `--repeat N`, every row is measured N times in alternation and a median (with its
+range) is printed per row: run-to-run variation on a shared machine is often larger than
+the change being measured.
 
 Targets (2-core machine, 50 connections, batches of 10): >= 30,000 acked ops/s; p99 < 20
 ms at 1,000 ops/s. The load generator shares the machine with the server, so the figures
@@ -386,6 +390,15 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
         )
         if f.failed:
             print(f"  {f.server}: {f.failed} ops were not acknowledged as successful")
+    if args.repeat > 1:
+        print(f"over {args.repeat} rounds (alternating):")
+        names = list(dict.fromkeys(f.server for f in results))
+        for name in names:
+            ops = [f.ops_per_s for f in results if f.server == name]
+            print(
+                f"{name:<20} median {statistics.median(ops):>8,.0f} acked ops/s "
+                f"(range {min(ops):,.0f}-{max(ops):,.0f})"
+            )
     print("targets: >= 30,000 acked ops/s; p99 < 20 ms at 1,000 ops/s")
 
 
@@ -403,8 +416,16 @@ def main() -> None:
         help="extra rows per server, comma-separated: poll (map read over HTTP sync first), "
         "no-journal (journal off)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds: every row measured this many times, alternating, then medians",
+    )
     parser.add_argument("--echo-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     unknown = set(filter(None, args.variants.split(","))) - set(VARIANTS)
     if unknown:
         parser.error(
@@ -417,10 +438,12 @@ def main() -> None:
     async def run_all() -> list[Figures]:
         with tempfile.TemporaryDirectory(prefix="topgun-load-") as folder:
             results = []
-            for name in args.servers.split(","):
-                results.append(await measure(name, args, Path(folder)))
-                for variant in filter(None, args.variants.split(",")):
-                    results.append(await measure(name, args, Path(folder), variant))
+            for round_ in range(args.repeat):
+                data_dir = Path(folder) / str(round_)
+                for name in args.servers.split(","):
+                    results.append(await measure(name, args, data_dir))
+                    for variant in filter(None, args.variants.split(",")):
+                        results.append(await measure(name, args, data_dir, variant))
             return results
 
     report(anyio.run(run_all), args)
