@@ -25,7 +25,9 @@ from topgun.storage import (
     SQLiteOptions,
     StorageBackend,
     StorageConfigError,
+    StorageError,
     check_batch,
+    recodable_under,
 )
 from topgun.storage.contract import encoded_value, kind_of
 
@@ -141,3 +143,10 @@ def test_backend_options_convert_to_a_struct_or_name_the_bad_key(tmp_path: Path)
 def test_the_backends_satisfy_the_protocol() -> None:
     assert isinstance(MemoryBackend(), StorageBackend)
     assert not isinstance(object(), StorageBackend)
+
+
+def test_a_wrapper_forwards_re_encoding_only_to_a_backend_that_can() -> None:
+    backend = MemoryBackend()
+    assert recodable_under(backend, "write-behind") is backend
+    with pytest.raises(StorageError, match="under tiered storage cannot re-encode stored values"):
+        recodable_under(object(), "tiered storage")  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ from topgun.storage.contract import (
     StoredValue,
     check_batch,
     check_page_request,
+    recodable_under,
 )
 from topgun.storage.errors import (
     InvalidChangeError,
@@ -115,5 +116,6 @@ __all__ = [
     "codec_pipeline",
     "open_configured_storage",
     "open_storage",
+    "recodable_under",
     "value_size",
 ]

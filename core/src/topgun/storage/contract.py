@@ -26,7 +26,7 @@ import msgspec
 from topgun.crdt import LWWRecord, ORMapRecord, Timestamp, check_ttl, validate_timestamp
 from topgun.crdt.hlc import MAX_SAFE_INTEGER
 from topgun.storage.codecs import CodecContext, CodecPipeline
-from topgun.storage.errors import InvalidChangeError, MapKindError, StorageConfigError
+from topgun.storage.errors import InvalidChangeError, MapKindError, StorageConfigError, StorageError
 
 MapKind = Literal["lww", "ormap"]
 """The two kinds of map: last-writer-wins, and observed-remove."""
@@ -417,6 +417,17 @@ class RecodableBackend(StorageBackend, Protocol):
         """Store each pair's new bytes where its value is still stored with the scanned
         bytes (compare and swap, one transaction); return how many were replaced."""
         ...
+
+
+def recodable_under(backend: StorageBackend, wrapper: str) -> RecodableBackend:
+    """`backend` as the `RecodableBackend` that a `wrapper` around it forwards re-encoding
+    to; `StorageError` if it is not one."""
+    if not isinstance(backend, RecodableBackend):
+        raise StorageError(
+            f"{backend!r} under {wrapper} cannot re-encode stored values "
+            "(it is not a RecodableBackend)"
+        )
+    return backend
 
 
 class StorageStatus(msgspec.Struct, frozen=True):

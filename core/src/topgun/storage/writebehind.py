@@ -72,8 +72,9 @@ from topgun.storage.contract import (
     check_page_request,
     kind_mismatch,
     kind_of,
+    recodable_under,
 )
-from topgun.storage.errors import StorageClosedError, StorageError, StorageFullError
+from topgun.storage.errors import StorageClosedError, StorageFullError
 from topgun.storage.memory import MemoryBackend
 
 logger = logging.getLogger(__name__)
@@ -353,12 +354,7 @@ class WriteBehind:
 
     def _recodable(self) -> RecodableBackend:
         self._check_open()
-        if not isinstance(self.backend, RecodableBackend):
-            raise StorageError(
-                f"{self.backend!r} under write-behind cannot re-encode stored values "
-                "(it is not a RecodableBackend)"
-            )
-        return self.backend
+        return recodable_under(self.backend, "write-behind")
 
     async def count_values(self) -> int:
         """The wrapped backend's count, once everything staged so far is flushed."""

@@ -54,10 +54,10 @@ from topgun.storage import (
     StorageBackend,
     StorageClosedError,
     StorageConfigError,
-    StorageError,
     StorageStatus,
     StoredValue,
     check_page_request,
+    recodable_under,
 )
 from topgun_tiered.archive import (
     Archive,
@@ -511,12 +511,7 @@ class TieredBackend:
 
     def _recodable(self) -> RecodableBackend:
         self._check_open()
-        if not isinstance(self.inner, RecodableBackend):
-            raise StorageError(
-                f"{self.inner!r} under tiered storage cannot re-encode stored values "
-                "(it is not a RecodableBackend)"
-            )
-        return self.inner
+        return recodable_under(self.inner, "tiered storage")
 
     async def count_values(self) -> int:
         """The wrapped backend's count (archived maps live in segments, not counted)."""
