@@ -90,6 +90,16 @@ class Node:
         return [change.key for change in self.ingest.delta("m", since_seq=seq).records]
 
 
+async def flushed_node(store: MemoryStore, *, keys: int) -> Node:
+    """A started node over `store` that wrote keys k0.. and flushed their entries."""
+    node = Node(store)
+    await node.start()
+    for i in range(keys):
+        await node.write(f"k{i}", i, ts(i))
+    await node.flush()
+    return node
+
+
 async def test_changes_are_numbered_in_order_and_compacted_per_key() -> None:
     node = Node(MemoryStore())
     await node.start()
@@ -116,11 +126,7 @@ async def test_a_late_write_with_an_old_timestamp_gets_a_new_sequence() -> None:
 
 async def test_sequences_survive_a_clean_restart() -> None:
     store = MemoryStore()
-    first = Node(store)
-    await first.start()
-    for i in range(3):
-        await first.write(f"k{i}", i, ts(i))
-    await first.flush()
+    await flushed_node(store, keys=3)
 
     second = Node(store)
     assert await second.start() == 0  # nothing needed new sequences
@@ -408,11 +414,7 @@ async def test_mostly_stale_chunks_are_rewritten_so_storage_stays_bounded() -> N
 
 async def test_entries_of_the_one_row_per_key_layout_are_kept_and_moved_into_chunks() -> None:
     store = MemoryStore()
-    first = Node(store)
-    await first.start()
-    for i in range(3):
-        await first.write(f"k{i}", i, ts(i))
-    await first.flush()
+    first = await flushed_node(store, keys=3)
     seqs = {c.key: c.seq for c in first.ingest.delta("m").records}
     # Rewrite what was stored in the earlier layout: one row per key, no chunks.
     stored = await stored_entries(first.backend, "m")

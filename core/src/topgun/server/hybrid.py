@@ -328,7 +328,7 @@ class HybridQueries:
             ],
         )
 
-    def subscribe(
+    async def subscribe(
         self,
         session: Recipient,
         sub_id: str,
@@ -337,12 +337,21 @@ class HybridQueries:
         sort: Any,
         fields: FieldFilter,
     ) -> tuple[list[tuple[str, _Hit]], bool]:
-        """Hold a hybrid query (replacing one with the same id); returns its first window."""
-        hybrid = self._new(map_name, query, sort, fields)
-        rows = self._rows(hybrid)
-        for key, value in rows:
-            hybrid.feed(key, value)
-        return self._start(session, sub_id, hybrid, rows)
+        """Hold a hybrid query (replacing one with the same id); returns its first window.
+
+        Under a memory budget the subscription is built a chunk of the map at a time and
+        keeps only what re-ranking reads; its window's values are loaded to answer, and its
+        deltas wait for `release`."""
+        if self.maps.hot is not None:
+            return await self._subscribe_budgeted(
+                session, sub_id, self._new(map_name, query, sort, fields)
+            )
+        async with self.maps.holding(map_name):  # an archived map comes back
+            hybrid = self._new(map_name, query, sort, fields)
+            rows = self._rows(hybrid)
+            for key, value in rows:
+                hybrid.feed(key, value)
+            return self._start(session, sub_id, hybrid, rows)
 
     def _start(
         self, session: Recipient, sub_id: str, hybrid: _Hybrid, rows: list[tuple[str, Any]]
@@ -353,20 +362,11 @@ class HybridQueries:
         self._subs[(session, sub_id)] = hybrid
         return window, cut
 
-    async def subscribe_budgeted(
-        self,
-        session: Recipient,
-        sub_id: str,
-        map_name: str,
-        query: CompiledQuery,
-        sort: Any,
-        fields: FieldFilter,
+    async def _subscribe_budgeted(
+        self, session: Recipient, sub_id: str, hybrid: _Hybrid
     ) -> tuple[list[tuple[str, _Hit]], bool]:
-        """`subscribe` under a memory budget: the subscription is built a chunk of the map
-        at a time and keeps only what re-ranking reads; its window's values are loaded to
-        answer, and its deltas wait for `release`."""
-        hybrid = self._new(map_name, query, sort, fields)
-        names = predicate_fields(query.predicate)
+        map_name, fields = hybrid.map_name, hybrid.fields
+        names = predicate_fields(hybrid.query.predicate)
         names.update(name for name, _ in hybrid.sort if name not in (SCORE_FIELD, KEY_FIELD))
         hybrid.keep = frozenset(names)
         hybrid.charge = Charge(self.maps)
@@ -549,16 +549,9 @@ async def hybrid_query_subscribe(session: Session, message: HybridQuerySubscribe
         session.send_error(400, str(invalid), details)
         return
     fields = server.security.field_filter(principal, request.map_name)
-    budgeted = server.maps.hot is not None
-    if budgeted:
-        window, cut = await server.hybrid.subscribe_budgeted(
-            session, request.subscription_id, request.map_name, query, request.sort, fields
-        )
-    else:
-        async with server.maps.holding(request.map_name):  # an archived map comes back
-            window, cut = server.hybrid.subscribe(
-                session, request.subscription_id, request.map_name, query, request.sort, fields
-            )
+    window, cut = await server.hybrid.subscribe(
+        session, request.subscription_id, request.map_name, query, request.sort, fields
+    )
     server.subscriptions.add(
         session,
         Subscription(_hybrid_key(request.subscription_id), request.map_name, query.wire),
@@ -573,8 +566,7 @@ async def hybrid_query_subscribe(session: Session, message: HybridQuerySubscribe
             )
         )
     )
-    if budgeted:
-        server.hybrid.release(session, request.subscription_id)
+    server.hybrid.release(session, request.subscription_id)  # held under a budget only
 
 
 async def hybrid_query_unsubscribe(session: Session, message: HybridQueryUnsubscribe) -> None:
