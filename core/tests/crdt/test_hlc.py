@@ -39,6 +39,19 @@ def test_now_counts_up_when_the_clock_stalls_or_goes_back(clock: Any) -> None:
     assert hlc.last == third
 
 
+def test_restore_moves_only_forward_and_later_readings_sort_after_the_mark(clock: Any) -> None:
+    hlc = HLC("node-b", clock)
+    mark = Timestamp(T0 + 60_000, 7, "node-a")  # an earlier run's reading, clock since behind
+    hlc.restore(mark)
+    assert hlc.last == Timestamp(T0 + 60_000, 7, "node-b")
+    assert hlc.now() == Timestamp(T0 + 60_000, 8, "node-b")
+    hlc.restore(Timestamp(T0, 0, "node-a"))  # an older mark changes nothing
+    assert hlc.now() == Timestamp(T0 + 60_000, 9, "node-b")
+    with pytest.raises(ValueError, match="millis"):
+        hlc.restore(Timestamp(-1, 0, "node-a"))
+    assert hlc.last == Timestamp(T0 + 60_000, 9, "node-b")
+
+
 def test_now_many_gives_what_as_many_calls_of_now_give(clock: Any) -> None:
     one_by_one, at_once = HLC("node-a", clock), HLC("node-a", clock)
     for step, count in [(0, 3), (0, 2), (7, 1), (-5, 4), (1, 2)]:

@@ -128,6 +128,15 @@ class HLC:
         millis, node_id = self._millis, self.node_id
         return [Timestamp(millis, counter, node_id) for counter in range(first, first + count)]
 
+    def restore(self, mark: Timestamp) -> None:
+        """Advance to at least `mark`, a reading this node issued before (its high-water mark
+        kept across a restart), so every later reading sorts after it even if the wall clock
+        went back meanwhile. Unlike `update`, no drift is checked and the counter is not
+        stepped: `mark` is an old reading of this clock, not a received one."""
+        validate_timestamp(mark)
+        if (mark.millis, mark.counter) > (self._millis, self._counter):
+            self._millis, self._counter = mark.millis, mark.counter
+
     def update(self, remote: Timestamp, *, checked: bool = False) -> None:
         """Fold in a received timestamp (§2.1), so that later readings sort after it.
 

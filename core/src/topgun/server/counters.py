@@ -41,9 +41,8 @@ from topgun.protocol import (
     Message,
     OpResult,
 )
-from topgun.server.locks import Store
 from topgun.server.writes import WriteContext
-from topgun.storage import PutMeta, StorageBackend, StorageError
+from topgun.storage import PutMeta, StorageBackend, StorageError, Submit
 
 if TYPE_CHECKING:
     from topgun.server.session import Session
@@ -76,10 +75,10 @@ class CounterRegistry:
         self._counters: dict[str, PNCounter] = {}
         self._subscribers: dict[str, dict[CounterSubscriber, None]] = {}
         self._by_subscriber: dict[CounterSubscriber, set[str]] = {}
-        self._store: Store | None = None
+        self._store: Submit | None = None
         self._store_order = anyio.Lock()
 
-    async def load(self, backend: StorageBackend, store: Store) -> int:
+    async def load(self, backend: StorageBackend, store: Submit) -> int:
         """Load every stored counter; later merges are stored via `store`. Returns how many."""
         stored = await backend.load_meta(META_NAMESPACE)
         for name, blob in stored.items():

@@ -39,7 +39,7 @@ import bisect
 import itertools
 import logging
 import operator
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -49,7 +49,7 @@ import msgspec
 from topgun.crdt import COLD, HLC, LWWRecord, Timestamp
 from topgun.server.maps import MapRegistry, Recording
 from topgun.server.writes import Applied
-from topgun.storage import Change, Commit, PruneRecord, PutMeta, StorageBackend
+from topgun.storage import Change, PruneRecord, PutMeta, StorageBackend, Submit
 
 logger = logging.getLogger(__name__)
 
@@ -194,9 +194,6 @@ class Delta:
     sync_timestamp: Timestamp
     """Where the next poll resumes on the ingest clock (`serverSyncTimestamp`)."""
 
-
-Submit = Callable[[Sequence[Change]], Awaitable[Commit]]
-"""`StorageWriter.submit`."""
 
 ChangeListener = Callable[[SequencedChange], None]
 """`listener(change)`: called for every change of its map as it is sequenced."""

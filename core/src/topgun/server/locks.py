@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -41,7 +41,7 @@ from topgun.protocol import (
     LockRequest,
     Message,
 )
-from topgun.storage import Change, Commit, PutMeta, StorageBackend, StorageError
+from topgun.storage import PutMeta, StorageBackend, StorageError, Submit
 
 if TYPE_CHECKING:
     from topgun.server.session import Session
@@ -70,10 +70,6 @@ class LockClient(Hashable, Protocol):
     def send(self, message: msgspec.Struct, *, urgent: bool | None = None) -> None: ...
 
     def send_error(self, code: int, message: str, details: object = None) -> None: ...
-
-
-Store = Callable[[Sequence[Change]], Awaitable[Commit]]
-"""Submits changes to storage and returns their `Commit` (`StorageWriter.submit`)."""
 
 
 @dataclass(slots=True)
@@ -127,10 +123,10 @@ class LockManager:
         """The lock names each client asked for (what its disconnect must clean up)."""
         self._deadlines: list[tuple[int, int, str]] = []
         self._sequence = 0
-        self._store: Store | None = None
+        self._store: Submit | None = None
         self._store_order = anyio.Lock()
 
-    async def load(self, backend: StorageBackend, store: Store) -> None:
+    async def load(self, backend: StorageBackend, store: Submit) -> None:
         """Resume every lock name's token counter from storage; store new tokens via `store`."""
         for name, blob in (await backend.load_meta(META_NAMESPACE)).items():
             self._tokens[name] = max(self._tokens.get(name, 0), decode_token(name, blob))

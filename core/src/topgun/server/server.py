@@ -33,6 +33,7 @@ from topgun.hooks import (
 from topgun.protocol import Codec, Message, ShutdownPending
 from topgun.query import IndexSpec
 from topgun.server.auth import wall_clock_ms
+from topgun.server.clockmark import ClockMark
 from topgun.server.config import ServerConfig, validate_config
 from topgun.server.counters import CounterRegistry
 from topgun.server.dispatch import HANDLERS, Handler
@@ -107,6 +108,7 @@ class Server:
         self.codec = shared_codec(config.max_frame_bytes)
         self.metrics = ServerMetrics()
         self.maps = MapRegistry(self.hlc)
+        self.clock_mark = ClockMark(self.hlc)
         self.subscriptions: SubscriptionRegistry[Recipient] = SubscriptionRegistry()
         self.router = EventRouter(
             self.subscriptions,
@@ -254,12 +256,15 @@ class Server:
             await self.ingest.load(backend)
             self.maps.on_restore += [self.expiry.load_map, self.ingest.load_map]
             await self.resolvers.load(backend)
+            await self.clock_mark.load(backend)
             options = self.config.storage
             writer = await stack.enter_async_context(
                 StorageWriter(backend, max_batch=options.max_batch, max_queued=options.max_queued)
             )
             self.storage_writer = self.maps.writer = writer
-            stack.push_async_callback(self.ingest.flush, writer.submit)  # before it closes
+            # Before the writer closes, in this order: the ingest log, then the last reading.
+            stack.push_async_callback(self.clock_mark.save, writer.submit)
+            stack.push_async_callback(self.ingest.flush, writer.submit)
             await self.locks.load(backend, writer.submit)
             await self.counters.load(backend, writer.submit)
             self.metrics.watch_storage(
@@ -273,6 +278,7 @@ class Server:
             self._task_group.start_soon(self.expiry.run)
             self._task_group.start_soon(self.gc.run)
             self._task_group.start_soon(self.ingest.run, writer.submit)
+            self._task_group.start_soon(self.clock_mark.run, writer.submit)
             await call_hook_async(self.pm.hook.on_startup, server=self)
         except BaseException:
             if self._task_group is not None:

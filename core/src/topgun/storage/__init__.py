@@ -57,7 +57,7 @@ from topgun.storage.registry import codec_pipeline, open_configured_storage, ope
 from topgun.storage.sqlite import SCHEMA_VERSION, SQLiteBackend, SQLiteOptions
 from topgun.storage.tiering import ArchivingBackend, BudgetedBackend, MemoryBudget, value_size
 from topgun.storage.writebehind import WriteBehind, WriteBehindConfig
-from topgun.storage.writer import Commit, StorageWriter
+from topgun.storage.writer import Commit, StorageWriter, Submit
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -108,6 +108,7 @@ __all__ = [
     "StorageWriteError",
     "StorageWriter",
     "StoredValue",
+    "Submit",
     "ValueCodecError",
     "WriteBehind",
     "WriteBehindConfig",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
 import anyio
@@ -79,6 +79,10 @@ class Commit:
                 f"the storage transaction holding {self.size} submitted change(s) failed: "
                 f"{self._error}"
             ) from self._error
+
+
+Submit = Callable[[Sequence[Change]], Awaitable[Commit]]
+"""Submits changes to storage and returns their `Commit` (`StorageWriter.submit`)."""
 
 
 class StorageWriter:
