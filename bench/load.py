@@ -10,7 +10,8 @@ this process is the load generator:
 1. throughput: C connections authenticate, then each sends an `OP_BATCH` of B fresh LWW
    writes (new timestamps, so every op is a real merge) as soon as the previous one's
    `OP_ACK` arrived, for D seconds: acknowledged ops/s, ack latency p50/p99, the server
-   process's CPU (100% = one core) and RSS, read from /proc;
+   process's CPU (100% = one core), its CPU time per acknowledged op (µs/op) and RSS, read
+   from /proc;
 2. fixed rate: the same connections send R ops/s in total (batches of B, evenly spaced):
    ack latency p50/p99 at that rate;
 3. echo: the same ASGI server, hosted by the same code (`topgun.server.serve.host`), runs a
@@ -370,6 +371,12 @@ async def measure_echo(asgi_server: str, args: argparse.Namespace) -> float:
     return echoed.ops / echo_elapsed
 
 
+def cpu_us_per_op(figures: Figures) -> float:
+    """Server CPU time (all its threads) per acknowledged op: compares builds across runs
+    better than ops/s, which also depends on what else the machine is doing."""
+    return figures.cpu_percent / 100 / figures.ops_per_s * 1e6 if figures.ops_per_s else 0.0
+
+
 def report(results: list[Figures], args: argparse.Namespace) -> None:
     print(
         f"{args.connections} connections, OP_BATCH of {args.batch} LWW writes, "
@@ -378,14 +385,15 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
     )
     print(
         f"{'server':<20} {'acked ops/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} "
-        f"{'RSS MiB':>8} {'echo ops/s':>11} {'share':>6} {f'@{args.rate}/s p50':>13} {'p99':>6}"
+        f"{'µs/op':>6} {'RSS MiB':>8} {'echo ops/s':>11} {'share':>6} "
+        f"{f'@{args.rate}/s p50':>13} {'p99':>6}"
     )
     for f in results:
         echo = "" if not f.echo_ops_per_s else f"{f.echo_ops_per_s:,.0f}"
         share = "" if not f.echo_ops_per_s else f"{f.ops_per_s / f.echo_ops_per_s:.0%}"
         print(
             f"{f.server:<20} {f.ops_per_s:>12,.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f} "
-            f"{f.cpu_percent:>6.0f} {f.rss_mib:>8.0f} {echo:>11} "
+            f"{f.cpu_percent:>6.0f} {cpu_us_per_op(f):>6.1f} {f.rss_mib:>8.0f} {echo:>11} "
             f"{share:>6} {f.rate_p50_ms:>13.2f} {f.rate_p99_ms:>6.2f}"
         )
         if f.failed:
@@ -395,9 +403,10 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
         names = list(dict.fromkeys(f.server for f in results))
         for name in names:
             ops = [f.ops_per_s for f in results if f.server == name]
+            cost = statistics.median(cpu_us_per_op(f) for f in results if f.server == name)
             print(
                 f"{name:<20} median {statistics.median(ops):>8,.0f} acked ops/s "
-                f"(range {min(ops):,.0f}-{max(ops):,.0f})"
+                f"(range {min(ops):,.0f}-{max(ops):,.0f}), {cost:.1f} µs of server CPU an op"
             )
     print("targets: >= 30,000 acked ops/s; p99 < 20 ms at 1,000 ops/s")
 
