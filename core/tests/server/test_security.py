@@ -174,6 +174,24 @@ def test_any_plugin_false_denies_and_any_true_allows(tokens: Any, user: UserFact
     assert not strict.is_allowed(user(), "topic:private", "READ")
 
 
+def test_a_plugin_registered_later_is_asked_from_its_next_check(
+    tokens: Any, user: UserFactory
+) -> None:
+    """Alone, the built-in plugin is asked without a hook call; that shortcut must not
+    outlive the registration of another `check_permission` implementation."""
+
+    class Freeze:
+        @hookimpl
+        def check_permission(self, principal: Any, resource: str, action: str) -> bool | None:
+            return False if action != "READ" else None
+
+    sec = security(tokens, policies=[Policy("USER", "*", ("ALL",))])
+    assert sec.is_allowed(user(), "todos", "PUT")
+    sec.pm.register(Freeze())
+    assert not sec.is_allowed(user(), "todos", "PUT")
+    assert sec.is_allowed(user(), "todos", "READ")
+
+
 def test_denials_of_requests_are_announced_and_filters_are_not(
     tokens: Any, user: UserFactory
 ) -> None:
