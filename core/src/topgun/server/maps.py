@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
@@ -98,13 +97,12 @@ class MapKindMismatch(Exception):
         self.kind = kind
 
 
-@dataclass(slots=True)
-class Recording:
+class Recording(msgspec.Struct):
     """What the changes made while it was open amount to: events and storage changes."""
 
-    events: list[EventPayload] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
-    keys: set[tuple[str, str]] = field(default_factory=set)
+    events: list[EventPayload] = msgspec.field(default_factory=list)
+    changes: list[Change] = msgspec.field(default_factory=list)
+    keys: set[tuple[str, str]] = msgspec.field(default_factory=set)
     """(map, key) of every key whose stored state changed."""
 
 
