@@ -107,7 +107,8 @@ class Recording(msgspec.Struct):
 
 
 class _RecordingBlock:
-    """`MapRegistry.recording()`: a plain context manager (one is opened per op)."""
+    """`MapRegistry.recording()`: a plain context manager (one is opened per op, so the
+    registry reuses one: recordings never nest)."""
 
     __slots__ = ("_into", "_registry")
 
@@ -179,6 +180,7 @@ class MapRegistry:
         self._or: dict[str, ORMap] = {}
         self._prune_horizons: dict[str, Timestamp] = {}
         self._recording: Recording | None = None
+        self._block = _RecordingBlock(self, None)
         self._pending: dict[tuple[str, str], Commit] = {}
         self._sweep_at = _PENDING_SWEEP_AT
         self._backend: StorageBackend | None = None
@@ -269,7 +271,9 @@ class MapRegistry:
 
         The block must not await: changes of other requests would land in this recording.
         """
-        return _RecordingBlock(self, into)
+        block = self._block  # blocks never nest, so one serves every op
+        block._into = into
+        return block
 
     def _active(self) -> Recording:
         if self._recording is None:
