@@ -142,8 +142,7 @@ async def op_batch(session: Session, message: OpBatch) -> None:
             )
         )
         _rejections(session, request, results)
-        elapsed = anyio.current_time() - request.received_at
-        server.metrics.op_latency.labels("OP_BATCH").observe(elapsed)
+        server.metrics.op_done("OP_BATCH", anyio.current_time() - request.received_at)
 
     await session.acknowledge(
         lambda: server.writes.settle(request, context), send, waits=request.waits
@@ -173,9 +172,7 @@ async def client_op(session: Session, message: ClientOpMessage) -> None:
             )
         else:
             _rejections(session, request, results)
-        server.metrics.op_latency.labels("CLIENT_OP").observe(
-            anyio.current_time() - request.received_at
-        )
+        server.metrics.op_done("CLIENT_OP", anyio.current_time() - request.received_at)
 
     await session.acknowledge(
         lambda: server.writes.settle(request, context), send, waits=request.waits

@@ -116,6 +116,7 @@ class ServerMetrics:
         self.storage_available.set(1)
         self._in: dict[str, Callable[[], None]] = {}
         self._out: dict[str, Callable[[float], None]] = {}
+        self._latency: dict[str, Callable[[float], None]] = {}
 
     def message_in(self, message_type: str) -> None:
         """Count one received message of wire type `message_type`."""
@@ -130,6 +131,14 @@ class ServerMetrics:
         if inc is None:
             inc = self._out[message_type] = self.messages_out.labels(message_type).inc
         inc(count)
+
+    def op_done(self, message_type: str, seconds: float) -> None:
+        """Observe the latency of one write request (`OP_BATCH`, `CLIENT_OP`), from its
+        arrival to its acknowledgement."""
+        observe = self._latency.get(message_type)
+        if observe is None:
+            observe = self._latency[message_type] = self.op_latency.labels(message_type).observe
+        observe(seconds)
 
     def watch_tiering(
         self,
