@@ -50,14 +50,29 @@ async def test_the_mark_is_saved_while_the_server_runs_and_only_when_it_moved(
     monkeypatch.setattr(clockmark_module, "SAVE_INTERVAL_S", 0.02)
     async with start() as h:
         backend = h.server.backend
+        writer = h.server.storage_writer
         assert backend is not None
+        assert writer is not None
         reading = h.server.hlc.now()
         with anyio.fail_after(10):
             while (await backend.load_meta(HLC_NAMESPACE)).get("last") != str(reading).encode():
                 await anyio.sleep(0.02)
-        writer = h.server.storage_writer
-        assert writer is not None
         assert not await h.server.clock_mark.save(writer.submit)  # unchanged: nothing written
+
+
+async def test_a_clock_never_read_saves_nothing() -> None:
+    submitted: list[object] = []
+
+    async def submit(changes: Any) -> Any:
+        submitted.append(changes)
+
+    hlc = HLC("node-new", lambda: T)
+    mark = ClockMark(hlc)
+    assert not await mark.save(submit)
+    hlc.now()
+    assert await mark.save(submit)
+    assert not await mark.save(submit)
+    assert submitted == [[PutMeta(HLC_NAMESPACE, "last", f"{T}:0:node-new".encode())]]
 
 
 async def test_a_stored_mark_advances_the_clock_on_load() -> None:

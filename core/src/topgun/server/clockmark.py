@@ -36,8 +36,9 @@ class ClockMark:
 
     def __init__(self, hlc: HLC) -> None:
         self.hlc = hlc
-        self.saved: tuple[int, int] = (-1, -1)
-        """(millis, counter) of the reading last submitted for storage."""
+        self.saved: tuple[int, int] = (0, 0)
+        """(millis, counter) of the reading last submitted for storage (a clock never read
+        is at (0, 0): nothing to save)."""
 
     async def load(self, backend: StorageBackend) -> Timestamp | None:
         """Advance the HLC to the stored mark; returns it (`None` when none is stored).
