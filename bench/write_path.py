@@ -12,8 +12,9 @@ arrive instead as encoded `OP_BATCH` frames on an authenticated in-memory connec
 at a time, each `OP_ACK` awaited: the session, codec and acknowledgement are counted too,
 everything `bench/load.py` measures but the ASGI server and the WebSocket protocol.
 
-- CPU µs per op (the whole process, the storage writer included), each of R rounds of N ops
-  and the best: comparable within one run, but on a shared machine it varies by ±20%.
+- CPU µs per op (the whole process, the storage writer included: a round ends once its last
+  request is committed), each of R rounds of N ops and the best: comparable within one
+  run, but on a shared machine it varies by ±20%.
 - With `--callgrind` (valgrind installed), the same runs under callgrind twice, with N and
   2.5 N ops, and the difference gives instructions per op: start-up is subtracted, and the
   count repeats to within about 1% whatever else the machine is doing, so it shows changes of
@@ -106,6 +107,8 @@ async def measure(ops: int, rounds: int, storage: str) -> list[float]:
                 request = await writes.apply(batch, context, origin=None)
                 results = await writes.settle(request, context)
                 assert all(result.success for result in results)
+            if request.commit is not None:
+                await request.commit.wait()  # the writer commits in order: all of it is done
             figures.append((time.process_time() - began) / ops * 1e6)
     return figures
 
