@@ -17,9 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-import anyio
-
 from topgun.crdt import HLC, Timestamp
+from topgun.server.periodic import every
 from topgun.storage import PutMeta, StorageBackend, Submit
 
 logger = logging.getLogger(__name__)
@@ -76,9 +75,9 @@ class ClockMark:
 
     async def run(self, submit: Submit) -> None:
         """Save every `SAVE_INTERVAL_S`, forever (a server background task)."""
-        while True:
-            await anyio.sleep(SAVE_INTERVAL_S)
-            try:
-                await self.save(submit)
-            except Exception:
-                logger.exception("saving the HLC high-water mark failed; retrying next interval")
+        await every(
+            SAVE_INTERVAL_S,
+            lambda: self.save(submit),
+            logger,
+            "saving the HLC high-water mark failed; retrying next interval",
+        )

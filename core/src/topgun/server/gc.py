@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-import anyio
 import msgspec
 
 from topgun.crdt import Timestamp
 from topgun.hooks import Principal
 from topgun.protocol import GcPrune, GcPrunePayload
 from topgun.server.maps import MapRegistry
+from topgun.server.periodic import every
 from topgun.storage import Change, PutMeta
 
 logger = logging.getLogger(__name__)
@@ -112,9 +112,9 @@ class TombstoneGC:
 
     async def run(self) -> None:
         """Collect every `interval_ms`, forever (a server background task)."""
-        while True:
-            await anyio.sleep(self.interval_ms / 1000)
-            try:
-                await self.collect()
-            except Exception:
-                logger.exception("tombstone GC failed; it runs again next interval")
+        await every(
+            self.interval_ms / 1000,
+            self.collect,
+            logger,
+            "tombstone GC failed; it runs again next interval",
+        )

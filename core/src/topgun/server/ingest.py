@@ -48,6 +48,7 @@ import msgspec
 
 from topgun.crdt import COLD, HLC, LWWRecord, Timestamp
 from topgun.server.maps import MapRegistry, Recording
+from topgun.server.periodic import every
 from topgun.server.writes import Applied
 from topgun.storage import Change, PruneRecord, PutMeta, StorageBackend, Submit
 
@@ -743,9 +744,9 @@ class IngestLog:
 
     async def run(self, submit: Submit) -> None:
         """Flush every `flush_interval_ms`, forever (a server background task)."""
-        while True:
-            await anyio.sleep(self.flush_interval_ms / 1000)
-            try:
-                await self.flush(submit)
-            except Exception:
-                logger.exception("persisting ingest sequences failed; retrying next interval")
+        await every(
+            self.flush_interval_ms / 1000,
+            lambda: self.flush(submit),
+            logger,
+            "persisting ingest sequences failed; retrying next interval",
+        )

@@ -235,23 +235,10 @@ class Journal:
             and (previous.ttl_ms is None or not previous.expired(self.hlc.wall_ms()))
         ):
             before = previous.value
-        kind: JournalEventType
         if record.value is None:
-            kind, value = "DELETE", UNSET
-        else:
-            kind, value = ("PUT" if before is UNSET else "UPDATE"), record.value
-        sequence = self.next_sequence
-        self.next_sequence = sequence + 1
-        return JournalEvent(
-            sequence=str(sequence),
-            type=kind,
-            map_name=applied.map_name,
-            key=applied.key,
-            timestamp=record.timestamp,
-            node_id=self.node_id,
-            value=value,
-            previous_value=before,
-        )
+            return self._event("DELETE", applied, record.timestamp, previous=before)
+        kind: JournalEventType = "PUT" if before is UNSET else "UPDATE"
+        return self._event(kind, applied, record.timestamp, value=record.value, previous=before)
 
     def _event(
         self,

@@ -41,6 +41,7 @@ from topgun.protocol import (
     LockRequest,
     Message,
 )
+from topgun.server.periodic import every
 from topgun.storage import PutMeta, StorageBackend, StorageError, Submit
 
 if TYPE_CHECKING:
@@ -232,12 +233,8 @@ class LockManager:
 
     async def run(self) -> None:
         """Check leases and waiters every `EXPIRY_CHECK_MS` (runs until cancelled)."""
-        while True:
-            await anyio.sleep(EXPIRY_CHECK_MS / 1000)
-            try:
-                await self.expire()
-            except Exception:  # keep sweeping: one bad lock must not stop every lease
-                logger.exception("the lock expiry sweep failed")
+        # Keep sweeping after a failure: one bad lock must not stop every lease.
+        await every(EXPIRY_CHECK_MS / 1000, self.expire, logger, "the lock expiry sweep failed")
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -9,11 +9,13 @@ protocol time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from topgun.storage import StorageStatus
+
+M = TypeVar("M", Counter, Histogram)
 
 OP_LATENCY_BUCKETS: Final = (
     0.0005,
@@ -114,31 +116,22 @@ class ServerMetrics:
             registry=registry,
         )
         self.storage_available.set(1)
-        self._in: dict[str, Callable[[], None]] = {}
-        self._out: dict[str, Callable[[float], None]] = {}
-        self._latency: dict[str, Callable[[float], None]] = {}
+        self._in: dict[str, Counter] = {}
+        self._out: dict[str, Counter] = {}
+        self._latency: dict[str, Histogram] = {}
 
     def message_in(self, message_type: str) -> None:
         """Count one received message of wire type `message_type`."""
-        inc = self._in.get(message_type)
-        if inc is None:
-            inc = self._in[message_type] = self.messages_in.labels(message_type).inc
-        inc()
+        _child(self._in, self.messages_in, message_type).inc()
 
     def message_out(self, message_type: str, count: int = 1) -> None:
         """Count `count` sent messages of wire type `message_type`."""
-        inc = self._out.get(message_type)
-        if inc is None:
-            inc = self._out[message_type] = self.messages_out.labels(message_type).inc
-        inc(count)
+        _child(self._out, self.messages_out, message_type).inc(count)
 
     def op_done(self, message_type: str, seconds: float) -> None:
         """Observe the latency of one write request (`OP_BATCH`, `CLIENT_OP`), from its
         arrival to its acknowledgement."""
-        observe = self._latency.get(message_type)
-        if observe is None:
-            observe = self._latency[message_type] = self.op_latency.labels(message_type).observe
-        observe(seconds)
+        _child(self._latency, self.op_latency, message_type).observe(seconds)
 
     def watch_tiering(
         self,
@@ -168,3 +161,12 @@ class ServerMetrics:
         self.storage_available.set_function(lambda: float(status().available))
         self.storage_retries.set_function(lambda: status().retries)
         self.storage_staged.set_function(lambda: status().staged)
+
+
+def _child(cache: dict[str, M], metric: M, label: str) -> M:
+    """`metric.labels(label)`, kept in `cache`: `labels` takes a lock and builds a tuple, and
+    these run for every message."""
+    child = cache.get(label)
+    if child is None:
+        child = cache[label] = metric.labels(label)
+    return child
